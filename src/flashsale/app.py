@@ -1,0 +1,67 @@
+"""The ASGI application: routers, error handlers, middleware and lifespan in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from flashsale import __version__, db, health
+from flashsale.config import Settings, load_settings
+from flashsale.errors import install_error_handlers
+from flashsale.observability.logging import configure_logging
+from flashsale.observability.middleware import RequestContextMiddleware
+from flashsale.orders.api import router as orders_router
+from flashsale.products.api import router as products_router
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """App factory; uvicorn calls it with no arguments in every worker process."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = db.database_url(settings)
+        app.state.pool = await db.create_pool(settings, url)
+        log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
+        try:
+            yield
+        finally:
+            await db.close_pool(app.state.pool)
+            log.info("app.stopped")
+
+    app = FastAPI(
+        title="flashsale",
+        version=__version__,
+        summary="Limited-stock orders that never oversell, and merchant settlement jobs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started_at = time.monotonic()
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(products_router)
+    app.include_router(orders_router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,210 @@
+"""The `flashsale` command: serve | migrate | seed | bench."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import asyncpg
+import click
+import structlog
+from tqdm import tqdm
+
+from flashsale import db, migrations
+from flashsale.config import ConfigError, Settings, load_settings
+from flashsale.observability.logging import configure_logging
+
+log = structlog.get_logger("flashsale.cli")
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _database_url(settings: Settings) -> str:
+    try:
+        return db.database_url(settings)
+    except Exception as exc:
+        raise click.ClickException(f"cannot start the embedded PostgreSQL: {exc}") from exc
+
+
+def _on_database(settings: Settings, work: Callable[[asyncpg.Connection], Any]) -> Any:
+    """Run `work(conn)` on one connection to the configured (or embedded) database."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(_database_url(settings))
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        db.stop_embedded()
+
+
+@click.group()
+@click.version_option(package_name="flashsale")
+def main() -> None:
+    """flashsale: limited-stock orders that never oversell, and merchant settlement jobs."""
+
+
+@main.command()
+@click.option("--host", help="Bind address [env SERVER_HOST, default 127.0.0.1]")
+@click.option("--port", type=int, help="Port [env SERVER_PORT, default 8080]")
+@click.option("--workers", type=int, help="Worker processes [env WEB_CONCURRENCY, default 1]")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP API (embedded PostgreSQL unless a database is configured)."""
+    import uvicorn
+
+    settings = _settings(server_host=host, server_port=port, web_concurrency=workers)
+    url = _database_url(settings)
+    try:
+        if settings.auto_migrate:
+            migrations.upgrade(url)
+        # Worker processes build their own app from the environment: give them this database.
+        os.environ["DATABASE_URL"] = url
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; absorb them so that we
+        # return from run() and release the embedded PostgreSQL instead of dying mid-cleanup.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        log.info(
+            "server.starting",
+            host=settings.server_host,
+            port=settings.server_port,
+            workers=settings.web_concurrency,
+        )
+        uvicorn.run(
+            "flashsale.app:create_app",
+            factory=True,
+            host=settings.server_host,
+            port=settings.server_port,
+            workers=settings.web_concurrency,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        db.stop_embedded()
+    log.info("server.exited")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply database migrations (default: upgrade to the newest)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(upgrade)
+
+
+@migrate.command()
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Upgrade to REVISION (default head)."""
+    settings = _settings()
+    try:
+        migrations.upgrade(_database_url(settings), revision)
+    finally:
+        db.stop_embedded()
+
+
+@migrate.command()
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Downgrade to REVISION ('base' removes every table)."""
+    settings = _settings()
+    try:
+        migrations.downgrade(_database_url(settings), revision)
+    finally:
+        db.stop_embedded()
+
+
+def _parse_day(_: click.Context, __: click.Parameter, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@main.command()
+@click.option("--products", default=1, show_default=True, type=click.IntRange(0, 10_000))
+@click.option("--stock", default=100, show_default=True, type=click.IntRange(0, 10**12))
+@click.option(
+    "--price",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0, 10**10),
+    help="Unit price in cents",
+)
+@click.option("--transactions", default=0, show_default=True, type=click.IntRange(0, 10**9))
+@click.option("--merchants", default=10, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--from",
+    "first_day",
+    default="2025-01-01",
+    show_default=True,
+    callback=_parse_day,
+    help="First day of paid_at (UTC)",
+)
+@click.option(
+    "--to",
+    "last_day",
+    default="2025-01-31",
+    show_default=True,
+    callback=_parse_day,
+    help="Last day of paid_at (UTC, inclusive)",
+)
+@click.option("--seed", default=42, show_default=True, type=int, help="Random seed")
+@click.option("--reset", is_flag=True, help="Empty the transactions table first")
+def seed(
+    *, products: int, stock: int, price: int, transactions: int, merchants: int,
+    first_day: date, last_day: date, seed: int, reset: bool,
+) -> None:  # fmt: skip
+    """Create demo products and bulk-load payment transactions (deterministic per --seed)."""
+    from flashsale import seeding
+
+    if first_day > last_day:
+        raise click.BadParameter("--from must not be after --to")
+    settings = _settings()
+    spec = seeding.TransactionSpec(transactions, merchants, first_day, last_day, seed)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        if products:
+            ids = await seeding.create_demo_products(conn, count=products, stock=stock, price=price)
+            click.echo(f"products: created {len(ids)} (ids {ids[0]}..{ids[-1]})")
+        if reset:
+            await conn.execute("TRUNCATE transactions")
+        if transactions:
+            started = time.perf_counter()
+            with tqdm(
+                total=transactions, unit="rows", unit_scale=True, desc="transactions", disable=None
+            ) as bar:
+                await seeding.copy_transactions(conn, spec, on_progress=bar.update)
+            elapsed = time.perf_counter() - started
+            click.echo(
+                f"transactions: loaded {transactions:,} in {elapsed:.2f} s "
+                f"({transactions / elapsed:,.0f} rows/s)"
+            )
+
+    _on_database(settings, work)
+
+
+def run() -> None:  # pragma: no cover - `python -m flashsale`
+    main(prog_name="flashsale")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

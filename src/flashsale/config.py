@@ -1,0 +1,105 @@
+"""Configuration from environment variables (the seed's table plus our additions).
+
+Every variable is validated at start-up; an invalid value stops the process with one line naming
+the variable (see `ConfigError`). The database is chosen by precedence: `DATABASE_URL`, else the
+seed's `DB_*` variables when `DB_HOST` is set, else an embedded PostgreSQL under `DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigError(Exception):
+    """An environment variable has an invalid value; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # HTTP server
+    server_host: str = "127.0.0.1"
+    server_port: Port = 8080
+    web_concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    api_key: SecretStr | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 64 * 1024
+
+    # Database: DATABASE_URL, else DB_* when DB_HOST is set, else embedded under DATA_DIR
+    database_url: str | None = None
+    db_host: str | None = None
+    db_port: Port = 5432
+    db_user: str = "postgres"
+    db_password: SecretStr = SecretStr("postgres")
+    db_name: str = "indico"
+    data_dir: Path = Path(".flashsale")
+    db_pool_size: Annotated[int, Field(ge=1, le=500)] = 8
+    db_connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    db_statement_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5_000
+    auto_migrate: bool = True
+
+    # Logging
+    log_level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    # Orders
+    idempotency_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+
+    # Settlement jobs (seed semantics)
+    job_workers: Annotated[int, Field(ge=1, le=64)] = 8
+    job_batch_size: Annotated[int, Field(ge=100, le=10_000_000)] = 10_000
+    job_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 100
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("database_url", "db_host", "api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def configured_database_url(self) -> str | None:
+        """The external database URL, or None when the embedded PostgreSQL should be used."""
+        if self.database_url:
+            return self.database_url
+        if self.db_host:
+            user = quote(self.db_user, safe="")
+            password = quote(self.db_password.get_secret_value(), safe="")
+            return f"postgresql://{user}:{password}@{self.db_host}:{self.db_port}/{self.db_name}"
+        return None
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.data_dir / "downloads"
+
+
+_SECRET_VARIABLES = {"API_KEY", "DB_PASSWORD", "DATABASE_URL"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ConfigError with one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        shown = "" if variable in _SECRET_VARIABLES else f" (got {first['input']!r})"
+        raise ConfigError(f"invalid configuration: {variable}: {first['msg']}{shown}") from None

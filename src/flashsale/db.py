@@ -1,0 +1,129 @@
+"""Database plumbing: choosing the database, the embedded PostgreSQL, the asyncpg pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import structlog
+
+from flashsale.config import Settings
+from flashsale.errors import DatabaseTimeout, DatabaseUnavailable
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_DATABASE = "flashsale"
+# A request waits at most this long for a pooled connection before it gets a 503.
+ACQUIRE_TIMEOUT_S = 5.0
+
+# Failures that mean "the database is not reachable right now" rather than "the query is wrong".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, no route, socket file missing
+    asyncio.TimeoutError,  # pool acquire or connect took too long
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # connection closed under us
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+_embedded_servers: dict[Path, Any] = {}
+
+
+def database_url(settings: Settings) -> str:
+    """The URL to use: the configured one, or the embedded PostgreSQL's (started if needed)."""
+    return settings.configured_database_url or start_embedded(settings.data_dir)
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL in `data_dir/pgdata`; return its URL.
+
+    pgserver stops the server when the last process that started it exits normally.
+    """
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    pgdata = (data_dir / "pgdata").resolve()
+    if pgdata not in _embedded_servers:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        log.info("db.embedded_starting", pgdata=str(pgdata))
+        _embedded_servers[pgdata] = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = _embedded_servers[pgdata]
+    if EMBEDDED_DATABASE not in server.psql("SELECT datname FROM pg_database;"):
+        server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
+    return str(server.get_uri(EMBEDDED_DATABASE))
+
+
+def stop_embedded() -> None:
+    """Release the embedded servers this process started (stopped if no other process uses them)."""
+    while _embedded_servers:
+        _, server = _embedded_servers.popitem()
+        server.cleanup()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database as a SQLAlchemy URL on the psycopg 3 driver (for Alembic)."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgres", "postgresql"):
+        return url
+    return f"postgresql+psycopg://{rest}"
+
+
+async def create_pool(settings: Settings, url: str, *, size: int | None = None) -> asyncpg.Pool:
+    """One pool per process. Every connection gets the request statement timeout."""
+    max_size = size or settings.db_pool_size
+    server_settings = {
+        "application_name": f"flashsale:{os.getpid()}",
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+    }
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min(2, max_size),
+        max_size=max_size,
+        server_settings=server_settings,
+        timeout=settings.db_connect_timeout_s,
+        max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    pool: asyncpg.Pool, *, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection for one unit of work; outages become 503s, not 500s."""
+    try:
+        async with pool.acquire(timeout=acquire_timeout_s) as conn:
+            yield cast(asyncpg.Connection, conn)  # a pool proxy, used as a connection
+    except UNAVAILABLE_ERRORS as exc:
+        log.warning("db.unavailable", error=repr(exc))
+        raise DatabaseUnavailable() from exc
+    except asyncpg.QueryCanceledError as exc:
+        log.warning("db.statement_timeout", error=str(exc))
+        raise DatabaseTimeout() from exc
+
+
+async def close_pool(pool: asyncpg.Pool, *, grace_s: float = 10.0) -> None:
+    """Close gracefully; terminate what does not close in time."""
+    try:
+        await asyncio.wait_for(pool.close(), grace_s)
+    except TimeoutError:
+        pool.terminate()
+
+
+async def ping(pool: asyncpg.Pool, *, within_s: float = 2.0) -> bool:
+    """True when a connection can be had and answers `SELECT 1` within `within_s`."""
+    with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+        async with asyncio.timeout(within_s):
+            return bool(await pool.fetchval("SELECT 1"))
+    return False

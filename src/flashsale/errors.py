@@ -1,0 +1,170 @@
+"""Domain errors and the one place that renders every error as the seed's envelope.
+
+`{"error": {"code": "...", "message": "...", "details": ...}}` for every 4xx and 5xx, whether it
+comes from a service (an `AppError`), request validation, routing, or an unexpected failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
+class AppError(Exception):
+    """Base of every error a service raises; subclasses fix the status and code."""
+
+    status_code: int = 400
+    code: str = "BAD_REQUEST"
+    message: str = "Bad request"
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.detail_message = message or self.message
+        self.details = details
+        super().__init__(self.detail_message)
+
+
+class ValidationFailed(AppError):
+    status_code = 400
+    code = "VALIDATION_ERROR"
+    message = "The request is invalid"
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "NOT_FOUND"
+    message = "Resource not found"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "UNAUTHORIZED"
+    message = "A valid 'Authorization: Bearer <key>' header is required"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+    message = "The request body is too large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    message = "The request body must be JSON (Content-Type: application/json)"
+
+
+class MethodNotAllowed(AppError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+    message = "Method not allowed for this resource"
+
+
+class HttpError(AppError):
+    """Any other status raised by the framework, rendered in the envelope."""
+
+    code = "HTTP_ERROR"
+
+    def __init__(self, status_code: int, message: str) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class InternalError(AppError):
+    status_code = 500
+    code = "INTERNAL_ERROR"
+    message = "Internal server error"
+
+
+class DatabaseUnavailable(AppError):
+    status_code = 503
+    code = "DATABASE_UNAVAILABLE"
+    message = "The database is unavailable; retry shortly"
+
+
+class DatabaseTimeout(AppError):
+    status_code = 503
+    code = "DATABASE_TIMEOUT"
+    message = "The database did not answer in time; retry shortly"
+
+
+def error_response(error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
+    if error.status_code == 503:
+        headers = {"Retry-After": "1", **(headers or {})}
+    body = ErrorBody(code=error.code, message=error.detail_message, details=error.details)
+    return JSONResponse(
+        {"error": body.model_dump(exclude_none=True)},
+        status_code=error.status_code,
+        headers=headers,
+    )
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
+    details = []
+    for err in exc.errors():
+        location = [str(part) for part in err.get("loc", ()) if part != "body"]
+        field = ".".join(location) or "body"
+        message = str(err.get("msg", "invalid value"))
+        if err.get("type") == "extra_forbidden":
+            message = "Unknown field"
+        details.append({"field": field, "message": message})
+    return details
+
+
+_STATUS_CODES: dict[int, type[AppError]] = {
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+async def _on_app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = _validation_details(exc)
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+    return error_response(ValidationFailed(f"Invalid request: {summary}", details=details))
+
+
+async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    known = _STATUS_CODES.get(exc.status_code)
+    error = known() if known else HttpError(exc.status_code, str(exc.detail))
+    return error_response(error, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("http.unhandled_error", error=repr(exc))
+    return error_response(InternalError())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _on_app_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

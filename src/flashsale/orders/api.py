@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+
+from flashsale.db import connection
+from flashsale.deps import DbPool
+from flashsale.errors import ErrorEnvelope
+from flashsale.orders import service
+from flashsale.orders.schemas import BuyerId, Order, OrderCreate, OrderList, OrderWithProduct
+from flashsale.schemas import Limit, Offset, RowId
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorEnvelope, "description": description}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        400: _error("Invalid body or Idempotency-Key (VALIDATION_ERROR)"),
+        404: _error("Product not found (PRODUCT_NOT_FOUND)"),
+        409: _error("OUT_OF_STOCK, or IDEMPOTENCY_KEY_IN_USE while the first request runs"),
+        422: _error("Idempotency-Key reused with a different body (IDEMPOTENCY_KEY_REUSED)"),
+        503: _error("Database unavailable"),
+    },
+    summary="Buy: reserve stock and create a CONFIRMED order, atomically",
+)
+async def create_order(
+    body: OrderCreate,
+    request: Request,
+    pool: DbPool,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="Retry-safe key: the same key and body replay the first response"),
+    ] = None,
+) -> Order:
+    key = service.validate_idempotency_key(idempotency_key) if idempotency_key else None
+    async with connection(pool) as conn:
+        placed = await service.place_order(
+            conn,
+            data=body,
+            idempotency_key=key,
+            idempotency_ttl_s=request.app.state.settings.idempotency_ttl_s,
+        )
+    response.headers["Location"] = f"/orders/{placed.order.id}"
+    if placed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return placed.order
+
+
+@router.get(
+    "",
+    responses={400: _error("Invalid paging or filter parameters")},
+    summary="List orders, newest first",
+)
+async def list_orders(
+    pool: DbPool,
+    limit: Annotated[Limit, Query()] = 20,
+    offset: Annotated[Offset, Query()] = 0,
+    buyer_id: Annotated[BuyerId | None, Query()] = None,
+    product_id: Annotated[RowId | None, Query()] = None,
+) -> OrderList:
+    async with connection(pool) as conn:
+        orders = await service.list_orders(
+            conn, limit=limit, offset=offset, buyer_id=buyer_id, product_id=product_id
+        )
+    return OrderList(orders=orders, limit=limit, offset=offset)
+
+
+@router.get(
+    "/{order_id}",
+    responses={400: _error("Malformed order id"), 404: _error("Order not found")},
+    summary="Get an order with its product",
+)
+async def get_order(
+    order_id: Annotated[UUID, Path(description="Order id (UUID)")], pool: DbPool
+) -> OrderWithProduct:
+    async with connection(pool) as conn:
+        return await service.get_order(conn, order_id=order_id)

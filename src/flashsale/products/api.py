@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+
+from flashsale.db import connection
+from flashsale.deps import DbPool
+from flashsale.errors import ErrorEnvelope, ValidationFailed
+from flashsale.products import service
+from flashsale.products.schemas import Product, ProductCreate, ProductList, ProductUpdate
+from flashsale.schemas import Limit, Offset, RowId
+
+router = APIRouter(prefix="/products", tags=["products"])
+
+ProductId = Annotated[RowId, Path(description="Product id")]
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorEnvelope, "description": "Invalid request"},
+    404: {"model": ErrorEnvelope, "description": "Product not found"},
+}
+
+
+def _etag(product: Product) -> str:
+    return f'"{product.version}"'
+
+
+def _parse_if_match(value: str) -> int:
+    match = _ETAG.match(value)
+    if match is None:
+        raise ValidationFailed(
+            'If-Match must be the product\'s version, e.g. If-Match: "3"',
+            details=[{"field": "If-Match", "message": "not a version"}],
+        )
+    return int(match.group(1))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={400: _ERRORS[400]},
+    summary="Create a product",
+)
+async def create_product(body: ProductCreate, pool: DbPool, response: Response) -> Product:
+    async with connection(pool) as conn:
+        product = await service.create_product(conn, data=body)
+    response.headers["Location"] = f"/products/{product.id}"
+    response.headers["ETag"] = _etag(product)
+    return product
+
+
+@router.get("", responses={400: _ERRORS[400]}, summary="List products by id")
+async def list_products(
+    pool: DbPool, limit: Annotated[Limit, Query()] = 20, offset: Annotated[Offset, Query()] = 0
+) -> ProductList:
+    async with connection(pool) as conn:
+        products = await service.list_products(conn, limit=limit, offset=offset)
+    return ProductList(products=products, limit=limit, offset=offset)
+
+
+@router.get("/{product_id}", responses=_ERRORS, summary="Get a product (with its ETag)")
+async def get_product(product_id: ProductId, pool: DbPool, response: Response) -> Product:
+    async with connection(pool) as conn:
+        product = await service.get_product(conn, product_id=product_id)
+    response.headers["ETag"] = _etag(product)
+    return product
+
+
+@router.patch(
+    "/{product_id}",
+    responses={
+        **_ERRORS,
+        412: {"model": ErrorEnvelope, "description": "Stale version (VERSION_CONFLICT)"},
+        428: {"model": ErrorEnvelope, "description": "If-Match header missing"},
+    },
+    summary="Change name, price or stock under optimistic locking",
+)
+async def update_product(
+    product_id: ProductId,
+    body: ProductUpdate,
+    pool: DbPool,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(description="The version you read (from GET's ETag)")
+    ] = None,
+) -> Product:
+    if if_match is None:
+        raise service.VersionRequired()
+    async with connection(pool) as conn:
+        product = await service.update_product(
+            conn, product_id=product_id, expected_version=_parse_if_match(if_match), changes=body
+        )
+    response.headers["ETag"] = _etag(product)
+    return product

@@ -1,0 +1,82 @@
+"""Products: create, read, list, and updates guarded by optimistic locking on `version`."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from flashsale.errors import AppError, NotFound
+from flashsale.products.schemas import Product, ProductCreate, ProductUpdate
+
+
+class ProductNotFound(NotFound):
+    code = "PRODUCT_NOT_FOUND"
+    message = "Product not found"
+
+
+class VersionConflict(AppError):
+    status_code = 412
+    code = "VERSION_CONFLICT"
+    message = "The product was modified since you read it; fetch it again and retry"
+
+
+class VersionRequired(AppError):
+    status_code = 428
+    code = "PRECONDITION_REQUIRED"
+    message = "Updating a product requires an 'If-Match: <version>' header"
+
+
+_COLUMNS = "id, name, price, stock, version, created_at, updated_at"
+
+
+async def create_product(conn: asyncpg.Connection, *, data: ProductCreate) -> Product:
+    row = await conn.fetchrow(
+        f"INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) RETURNING {_COLUMNS}",
+        data.name,
+        data.price,
+        data.stock,
+    )
+    assert row is not None
+    return Product(**row)
+
+
+async def get_product(conn: asyncpg.Connection, *, product_id: int) -> Product:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM products WHERE id = $1", product_id)
+    if row is None:
+        raise ProductNotFound()
+    return Product(**row)
+
+
+async def list_products(conn: asyncpg.Connection, *, limit: int, offset: int) -> list[Product]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2", limit, offset
+    )
+    return [Product(**row) for row in rows]
+
+
+async def update_product(
+    conn: asyncpg.Connection, *, product_id: int, expected_version: int, changes: ProductUpdate
+) -> Product:
+    """Apply `changes` only if the row still has `expected_version`; bump the version."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE products
+        SET name = coalesce($3, name),
+            price = coalesce($4, price),
+            stock = coalesce($5, stock),
+            version = version + 1,
+            updated_at = now()
+        WHERE id = $1 AND version = $2
+        RETURNING {_COLUMNS}
+        """,
+        product_id,
+        expected_version,
+        changes.name,
+        changes.price,
+        changes.stock,
+    )
+    if row is not None:
+        return Product(**row)
+    # Products are never deleted, so "exists now" means "existed then": no race here.
+    if await conn.fetchval("SELECT 1 FROM products WHERE id = $1", product_id) is None:
+        raise ProductNotFound()
+    raise VersionConflict()
