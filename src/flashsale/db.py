@@ -8,10 +8,11 @@ import os
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from flashsale.config import Settings
 from flashsale.errors import DatabaseTimeout, DatabaseUnavailable
@@ -33,6 +34,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+
+# What service functions take: a connection, or the pool's proxy for one.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 _embedded_servers: dict[Path, Any] = {}
 
@@ -100,11 +104,11 @@ async def create_pool(settings: Settings, url: str, *, size: int | None = None) 
 @contextlib.asynccontextmanager
 async def connection(
     pool: asyncpg.Pool, *, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S
-) -> AsyncIterator[asyncpg.Connection]:
+) -> AsyncIterator[Connection]:
     """A pooled connection for one unit of work; outages become 503s, not 500s."""
     try:
         async with pool.acquire(timeout=acquire_timeout_s) as conn:
-            yield cast(asyncpg.Connection, conn)  # a pool proxy, used as a connection
+            yield conn
     except UNAVAILABLE_ERRORS as exc:
         log.warning("db.unavailable", error=repr(exc))
         raise DatabaseUnavailable() from exc

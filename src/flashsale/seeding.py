@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import asyncpg
 import numpy as np
+
+from flashsale.db import Connection
 
 # Distributions as in the seed's seeder: amounts 1.00-499.99, fee 2.9% + 30 cents, mostly COMPLETED.
 MIN_AMOUNT_CENTS = 100
@@ -104,7 +105,7 @@ def transaction_copy_chunks(spec: TransactionSpec) -> Iterator[tuple[bytes, int]
 
 
 async def copy_transactions(
-    conn: asyncpg.Connection,
+    conn: Connection,
     spec: TransactionSpec,
     on_progress: Callable[[int], object] = lambda rows: None,
 ) -> None:
@@ -118,7 +119,7 @@ async def copy_transactions(
 
 
 async def create_demo_products(
-    conn: asyncpg.Connection, *, count: int, stock: int, price: int
+    conn: Connection, *, count: int, stock: int, price: int
 ) -> list[int]:
     names = [
         "Limited Edition Product" if count == 1 else f"Limited Edition Product #{i}"

@@ -17,8 +17,7 @@ import json
 from dataclasses import dataclass
 from uuid import UUID
 
-import asyncpg
-
+from flashsale.db import Connection
 from flashsale.errors import AppError, NotFound, ValidationFailed
 from flashsale.orders.schemas import Order, OrderCreate, OrderProduct, OrderWithProduct
 from flashsale.products.service import ProductNotFound
@@ -85,7 +84,7 @@ def request_fingerprint(data: OrderCreate) -> bytes:
 
 
 async def place_order(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     data: OrderCreate,
     idempotency_key: str | None = None,
@@ -101,7 +100,7 @@ async def place_order(
     return outcome
 
 
-async def _reserve_and_insert(conn: asyncpg.Connection, data: OrderCreate) -> Order:
+async def _reserve_and_insert(conn: Connection, data: OrderCreate) -> Order:
     row = await conn.fetchrow(PLACE_ORDER_SQL, data.product_id, data.quantity, data.buyer_id)
     assert row is not None
     if row["id"] is not None:
@@ -112,7 +111,7 @@ async def _reserve_and_insert(conn: asyncpg.Connection, data: OrderCreate) -> Or
 
 
 async def _place_idempotently(
-    conn: asyncpg.Connection, data: OrderCreate, key: str, ttl_s: int
+    conn: Connection, data: OrderCreate, key: str, ttl_s: int
 ) -> PlacedOrder | AppError:
     locked = await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7))", key)
     if not locked:
@@ -153,14 +152,14 @@ async def _place_idempotently(
     return outcome
 
 
-async def _get_order_row(conn: asyncpg.Connection, order_id: UUID) -> Order:
+async def _get_order_row(conn: Connection, order_id: UUID) -> Order:
     row = await conn.fetchrow(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
     if row is None:
         raise OrderNotFound()
     return Order(**row)
 
 
-async def get_order(conn: asyncpg.Connection, *, order_id: UUID) -> OrderWithProduct:
+async def get_order(conn: Connection, *, order_id: UUID) -> OrderWithProduct:
     row = await conn.fetchrow(
         """
         SELECT o.id, o.product_id, o.buyer_id, o.quantity, o.status, o.total_cents,
@@ -183,7 +182,7 @@ async def get_order(conn: asyncpg.Connection, *, order_id: UUID) -> OrderWithPro
 
 
 async def list_orders(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     limit: int,
     offset: int,

@@ -15,7 +15,8 @@ from flashsale.schemas import Limit, Offset, RowId
 router = APIRouter(prefix="/products", tags=["products"])
 
 ProductId = Annotated[RowId, Path(description="Product id")]
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+# An ETag as we send it ("3", optionally weak), or the bare version number.
+_ETAG = re.compile(r'^\s*(?:W/)?(?:"(\d{1,18})"|(\d{1,18}))\s*$')
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope, "description": "Invalid request"},
     404: {"model": ErrorEnvelope, "description": "Product not found"},
@@ -33,7 +34,7 @@ def _parse_if_match(value: str) -> int:
             'If-Match must be the product\'s version, e.g. If-Match: "3"',
             details=[{"field": "If-Match", "message": "not a version"}],
         )
-    return int(match.group(1))
+    return int(match.group(1) or match.group(2))
 
 
 @router.post(

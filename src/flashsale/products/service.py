@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from flashsale.db import Connection
 from flashsale.errors import AppError, NotFound
 from flashsale.products.schemas import Product, ProductCreate, ProductUpdate
 
@@ -28,7 +27,7 @@ class VersionRequired(AppError):
 _COLUMNS = "id, name, price, stock, version, created_at, updated_at"
 
 
-async def create_product(conn: asyncpg.Connection, *, data: ProductCreate) -> Product:
+async def create_product(conn: Connection, *, data: ProductCreate) -> Product:
     row = await conn.fetchrow(
         f"INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) RETURNING {_COLUMNS}",
         data.name,
@@ -39,14 +38,14 @@ async def create_product(conn: asyncpg.Connection, *, data: ProductCreate) -> Pr
     return Product(**row)
 
 
-async def get_product(conn: asyncpg.Connection, *, product_id: int) -> Product:
+async def get_product(conn: Connection, *, product_id: int) -> Product:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM products WHERE id = $1", product_id)
     if row is None:
         raise ProductNotFound()
     return Product(**row)
 
 
-async def list_products(conn: asyncpg.Connection, *, limit: int, offset: int) -> list[Product]:
+async def list_products(conn: Connection, *, limit: int, offset: int) -> list[Product]:
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2", limit, offset
     )
@@ -54,7 +53,7 @@ async def list_products(conn: asyncpg.Connection, *, limit: int, offset: int) ->
 
 
 async def update_product(
-    conn: asyncpg.Connection, *, product_id: int, expected_version: int, changes: ProductUpdate
+    conn: Connection, *, product_id: int, expected_version: int, changes: ProductUpdate
 ) -> Product:
     """Apply `changes` only if the row still has `expected_version`; bump the version."""
     row = await conn.fetchrow(

@@ -1,0 +1,139 @@
+"""Idempotency-Key on POST /orders: replay, conflicting reuse, in-flight duplicates, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import asyncpg
+import httpx
+
+from tests.factories import make_product, stock_of
+
+
+def _body(product_id: int, quantity: int = 1) -> dict[str, object]:
+    return {"product_id": product_id, "quantity": quantity, "buyer_id": "buyer-1"}
+
+
+async def test_same_key_and_body_replays_the_first_response(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=10)
+    headers = {"Idempotency-Key": "order-abc-1"}
+
+    first = await client.post("/orders", json=_body(product["id"], 2), headers=headers)
+    second = await client.post("/orders", json=_body(product["id"], 2), headers=headers)
+
+    assert first.status_code == second.status_code == 201
+    assert second.json() == first.json()
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await stock_of(pool, product["id"]) == 8
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+
+
+async def test_same_key_with_a_different_body_is_422(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=10)
+    headers = {"Idempotency-Key": "order-abc-2"}
+    await client.post("/orders", json=_body(product["id"], 1), headers=headers)
+
+    reused = await client.post("/orders", json=_body(product["id"], 3), headers=headers)
+
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert await stock_of(pool, product["id"]) == 9
+
+
+async def test_a_refusal_is_replayed_too(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    product = await make_product(pool, stock=1)
+    headers = {"Idempotency-Key": "too-many"}
+    first = await client.post("/orders", json=_body(product["id"], 5), headers=headers)
+    await pool.execute("UPDATE products SET stock = 100 WHERE id = $1", product["id"])
+
+    again = await client.post("/orders", json=_body(product["id"], 5), headers=headers)
+
+    assert first.status_code == again.status_code == 409
+    assert again.json() == first.json()
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+
+
+async def test_50_concurrent_identical_requests_make_one_order(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=100)
+    headers = {"Idempotency-Key": "burst-key"}
+
+    responses = await asyncio.gather(
+        *(client.post("/orders", json=_body(product["id"]), headers=headers) for _ in range(50))
+    )
+
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {201, 409}
+    assert statuses[201] >= 1
+    order_ids = {r.json()["id"] for r in responses if r.status_code == 201}
+    assert len(order_ids) == 1
+    in_flight = [r.json()["error"]["code"] for r in responses if r.status_code == 409]
+    assert set(in_flight) <= {"IDEMPOTENCY_KEY_IN_USE"}
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+    assert await stock_of(pool, product["id"]) == 99
+
+
+async def test_a_duplicate_while_the_first_is_in_flight_gets_409(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=10)
+    headers = {"Idempotency-Key": "slow-one"}
+    async with pool.acquire() as blocker, blocker.transaction():
+        # Hold the product's row lock so the first request stays in flight, deterministically.
+        await blocker.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product["id"])
+        first = asyncio.create_task(
+            client.post("/orders", json=_body(product["id"]), headers=headers)
+        )
+        await _until_waiting_on_lock(pool)
+        duplicate = await client.post("/orders", json=_body(product["id"]), headers=headers)
+    first_response = await first
+
+    assert duplicate.status_code == 409
+    assert duplicate.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"
+    assert first_response.status_code == 201
+
+
+async def test_an_expired_key_can_be_used_again(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=10)
+    headers = {"Idempotency-Key": "old-key"}
+    first = await client.post("/orders", json=_body(product["id"]), headers=headers)
+    await pool.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+
+    again = await client.post("/orders", json=_body(product["id"], 2), headers=headers)
+
+    assert again.status_code == 201
+    assert again.json()["id"] != first.json()["id"]
+    assert await stock_of(pool, product["id"]) == 7
+
+
+async def test_malformed_idempotency_key_is_400(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool)
+    for key in ("x" * 256, "has space"):
+        response = await client.post(
+            "/orders", json=_body(product["id"]), headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def _until_waiting_on_lock(pool: asyncpg.Pool) -> None:
+    for _ in range(400):
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the order never waited on the product's row lock")

@@ -1,0 +1,61 @@
+"""Migrations: upgrade from empty, downgrade to base, upgrade again."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from flashsale import migrations
+from tests.support import create_database, drop_database
+
+EXPECTED_TABLES = {"products", "orders", "idempotency_keys", "transactions", "settlements"}
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+    finally:
+        await conn.close()
+    return {row["tablename"] for row in rows}
+
+
+async def test_upgrade_downgrade_upgrade(admin_url: str) -> None:
+    url = await create_database(admin_url, prefix="flashsale_migrations")
+    try:
+        migrations.upgrade(url)
+        assert await _tables(url) >= EXPECTED_TABLES
+
+        migrations.downgrade(url, "base")
+        assert await _tables(url) == set()
+
+        migrations.upgrade(url)
+        assert await _tables(url) >= EXPECTED_TABLES
+    finally:
+        await drop_database(admin_url, url)
+
+
+async def test_schema_constraints_hold_even_without_the_api(admin_url: str) -> None:
+    url = await create_database(admin_url, prefix="flashsale_constraints")
+    try:
+        migrations.upgrade(url)
+        conn = await asyncpg.connect(url)
+        try:
+            product_id = await conn.fetchval(
+                "INSERT INTO products (name, price, stock) VALUES ('p', 1, 1) RETURNING id"
+            )
+            for statement in (
+                f"UPDATE products SET stock = -1 WHERE id = {product_id}",
+                f"INSERT INTO orders (product_id, buyer_id, quantity, total_cents) VALUES ({product_id}, 'b', 0, 0)",
+                "INSERT INTO orders (product_id, buyer_id, quantity, total_cents) VALUES (999, 'b', 1, 1)",
+            ):
+                try:
+                    await conn.execute(statement)
+                except asyncpg.IntegrityConstraintViolationError:
+                    continue
+                raise AssertionError(f"accepted: {statement}")
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(admin_url, url)
