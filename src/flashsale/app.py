@@ -18,7 +18,7 @@ from flashsale.observability.middleware import RequestContextMiddleware
 from flashsale.orders.api import router as orders_router
 from flashsale.products.api import router as products_router
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,12 +29,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = db.database_url(settings)
-        app.state.pool = await db.create_pool(settings, url)
+        app.state.database = await db.Database.connect(settings, url)
         log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
         try:
             yield
         finally:
-            await db.close_pool(app.state.pool)
+            await app.state.database.close()
             log.info("app.stopped")
 
     app = FastAPI(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -20,7 +19,7 @@ from flashsale import db, migrations
 from flashsale.config import ConfigError, Settings, load_settings
 from flashsale.observability.logging import configure_logging
 
-log = structlog.get_logger("flashsale.cli")
+log = structlog.get_logger()
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -202,9 +201,54 @@ def seed(
     _on_database(settings, work)
 
 
-def run() -> None:  # pragma: no cover - `python -m flashsale`
-    main(prog_name="flashsale")
+def _int_list(_: click.Context, __: click.Parameter, value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+@main.group()
+def bench() -> None:
+    """Benchmarks that print their figures (run them on an otherwise idle machine)."""
+
+
+@bench.command("orders")
+@click.option("--clients", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--orders", default=20_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    callback=_int_list,
+    help="WEB_CONCURRENCY values to try, comma-separated",
+)
+@click.option(
+    "--pool-size",
+    default="8",
+    show_default=True,
+    callback=_int_list,
+    help="DB_POOL_SIZE values to try, comma-separated",
+)
+@click.option("--pgbench-clients", default="8,16,64", show_default=True, callback=_int_list)
+@click.option("--pgbench-seconds", default=10, show_default=True, type=click.IntRange(1, 600))
+def bench_orders(
+    *, clients: int, orders: int, workers: list[int], pool_size: list[int],
+    pgbench_clients: list[int], pgbench_seconds: int,
+) -> None:  # fmt: skip
+    """Hot-product orders/s, p50, p99 over HTTP vs the database's best (pgbench)."""
+    from flashsale.bench import orders as orders_bench
+
+    settings = _settings()
+    configurations = [
+        {"WEB_CONCURRENCY": str(w), "DB_POOL_SIZE": str(p)} for w in workers for p in pool_size
+    ]
+    url = _database_url(settings)
+    try:
+        migrations.upgrade(url)
+        orders_bench.run(
+            url, clients=clients, orders=orders, configurations=configurations,
+            pgbench_clients=pgbench_clients, pgbench_seconds=pgbench_seconds,
+        )  # fmt: skip
+    finally:
+        db.stop_embedded()

@@ -1,16 +1,17 @@
-"""FastAPI dependencies shared by every domain's routes."""
+"""FastAPI dependencies shared by every domain's routes (async: sync ones would run in a thread)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, Request
 
-
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
+from flashsale.db import Database
 
 
-DbPool = Annotated[asyncpg.Pool, Depends(_pool)]
+async def _database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+Db = Annotated[Database, Depends(_database)]

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger()
 
 
 class ErrorBody(BaseModel):

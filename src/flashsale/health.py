@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from flashsale import __version__
-from flashsale.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -45,7 +44,7 @@ def format_uptime(seconds: float) -> str:
     summary="Liveness and database reachability",
 )
 async def health(request: Request, response: Response) -> Health:
-    database: Status = "healthy" if await ping(request.app.state.pool) else "unhealthy"
+    database: Status = "healthy" if await request.app.state.database.ping() else "unhealthy"
     if database == "unhealthy":
         response.status_code = 503
     return Health(

@@ -5,8 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from flashsale.db import connection
-from flashsale.deps import DbPool
+from flashsale.deps import Db
 from flashsale.errors import ErrorEnvelope, ValidationFailed
 from flashsale.products import service
 from flashsale.products.schemas import Product, ProductCreate, ProductList, ProductUpdate
@@ -43,8 +42,8 @@ def _parse_if_match(value: str) -> int:
     responses={400: _ERRORS[400]},
     summary="Create a product",
 )
-async def create_product(body: ProductCreate, pool: DbPool, response: Response) -> Product:
-    async with connection(pool) as conn:
+async def create_product(body: ProductCreate, database: Db, response: Response) -> Product:
+    async with database.connection() as conn:
         product = await service.create_product(conn, data=body)
     response.headers["Location"] = f"/products/{product.id}"
     response.headers["ETag"] = _etag(product)
@@ -53,16 +52,16 @@ async def create_product(body: ProductCreate, pool: DbPool, response: Response) 
 
 @router.get("", responses={400: _ERRORS[400]}, summary="List products by id")
 async def list_products(
-    pool: DbPool, limit: Annotated[Limit, Query()] = 20, offset: Annotated[Offset, Query()] = 0
+    database: Db, limit: Annotated[Limit, Query()] = 20, offset: Annotated[Offset, Query()] = 0
 ) -> ProductList:
-    async with connection(pool) as conn:
+    async with database.connection() as conn:
         products = await service.list_products(conn, limit=limit, offset=offset)
     return ProductList(products=products, limit=limit, offset=offset)
 
 
 @router.get("/{product_id}", responses=_ERRORS, summary="Get a product (with its ETag)")
-async def get_product(product_id: ProductId, pool: DbPool, response: Response) -> Product:
-    async with connection(pool) as conn:
+async def get_product(product_id: ProductId, database: Db, response: Response) -> Product:
+    async with database.connection() as conn:
         product = await service.get_product(conn, product_id=product_id)
     response.headers["ETag"] = _etag(product)
     return product
@@ -80,7 +79,7 @@ async def get_product(product_id: ProductId, pool: DbPool, response: Response) -
 async def update_product(
     product_id: ProductId,
     body: ProductUpdate,
-    pool: DbPool,
+    database: Db,
     response: Response,
     if_match: Annotated[
         str | None, Header(description="The version you read (from GET's ETag)")
@@ -88,7 +87,7 @@ async def update_product(
 ) -> Product:
     if if_match is None:
         raise service.VersionRequired()
-    async with connection(pool) as conn:
+    async with database.connection() as conn:
         product = await service.update_product(
             conn, product_id=product_id, expected_version=_parse_if_match(if_match), changes=body
         )

@@ -1,0 +1,1 @@
+"""Benchmarks behind `flashsale bench`: they print figures; nothing here asserts timings."""
