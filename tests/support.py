@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -143,3 +144,15 @@ def running_server(database_url: str, log_dir: Path, **env: str) -> Iterator[Liv
 def http_client(base_url: str, connections: int = 100) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60)
+
+
+async def until_a_query_waits_on_a_lock(pool: asyncpg.Pool) -> None:
+    """Wait until some session of the test database is blocked on a lock (e.g. a row we hold)."""
+    for _ in range(400):
+        if await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("no query ever waited on the lock")

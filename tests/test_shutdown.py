@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from tests.factories import make_product, stock_of
-from tests.support import start_server
+from tests.support import start_server, until_a_query_waits_on_a_lock
 
 
 async def test_sigterm_finishes_the_in_flight_order_then_exits_cleanly(
@@ -26,7 +26,7 @@ async def test_sigterm_finishes_the_in_flight_order_then_exits_cleanly(
                     "/orders", json={"product_id": product["id"], "quantity": 1, "buyer_id": "b"}
                 )
             )
-            await _until_a_query_waits_on_a_lock(pool)
+            await until_a_query_waits_on_a_lock(pool)
             server.process.terminate()  # SIGTERM
             await asyncio.sleep(0.5)
             assert server.process.poll() is None, "exited with a request in flight"
@@ -40,14 +40,3 @@ async def test_sigterm_finishes_the_in_flight_order_then_exits_cleanly(
         f"flashsale:{server.process.pid}",
     )
     assert leftover == 0
-
-
-async def _until_a_query_waits_on_a_lock(pool: asyncpg.Pool) -> None:
-    for _ in range(400):
-        if await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ):
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError("the order never waited on the lock")

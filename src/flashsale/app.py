@@ -13,8 +13,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from flashsale import __version__, db, health
 from flashsale.config import Settings, load_settings
 from flashsale.errors import install_error_handlers
+from flashsale.guards import RequestBodyGuard
 from flashsale.observability.logging import configure_logging
 from flashsale.observability.middleware import RequestContextMiddleware
+from flashsale.openapi import install_openapi
 from flashsale.orders.api import router as orders_router
 from flashsale.products.api import router as products_router
 
@@ -46,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.started_at = time.monotonic()
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(products_router)
     app.include_router(orders_router)
@@ -63,5 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
+    app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

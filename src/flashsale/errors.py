@@ -110,6 +110,8 @@ class DatabaseTimeout(AppError):
 def error_response(error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
     if error.status_code == 503:
         headers = {"Retry-After": "1", **(headers or {})}
+    elif error.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     body = ErrorBody(code=error.code, message=error.detail_message, details=error.details)
     return JSONResponse(
         {"error": body.model_dump(exclude_none=True)},

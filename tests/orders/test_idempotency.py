@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 
 from tests.factories import make_product, stock_of
+from tests.support import until_a_query_waits_on_a_lock
 
 
 def _body(product_id: int, quantity: int = 1) -> dict[str, object]:
@@ -91,7 +92,7 @@ async def test_a_duplicate_while_the_first_is_in_flight_gets_409(
         first = asyncio.create_task(
             client.post("/orders", json=_body(product["id"]), headers=headers)
         )
-        await _until_waiting_on_lock(pool)
+        await until_a_query_waits_on_a_lock(pool)
         duplicate = await client.post("/orders", json=_body(product["id"]), headers=headers)
     first_response = await first
 
@@ -125,15 +126,3 @@ async def test_malformed_idempotency_key_is_400(
         )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "VALIDATION_ERROR"
-
-
-async def _until_waiting_on_lock(pool: asyncpg.Pool) -> None:
-    for _ in range(400):
-        waiting = await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError("the order never waited on the product's row lock")

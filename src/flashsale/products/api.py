@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from flashsale.deps import Db
+from flashsale.deps import AdminOnly, Db
 from flashsale.errors import ErrorEnvelope, ValidationFailed
 from flashsale.products import service
 from flashsale.products.schemas import Product, ProductCreate, ProductList, ProductUpdate
@@ -20,6 +20,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope, "description": "Invalid request"},
     404: {"model": ErrorEnvelope, "description": "Product not found"},
 }
+_UNAUTHORIZED = {"model": ErrorEnvelope, "description": "API key required (when API_KEY is set)"}
 
 
 def _etag(product: Product) -> str:
@@ -39,7 +40,8 @@ def _parse_if_match(value: str) -> int:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={400: _ERRORS[400]},
+    responses={400: _ERRORS[400], 401: _UNAUTHORIZED},
+    dependencies=[AdminOnly],
     summary="Create a product",
 )
 async def create_product(body: ProductCreate, database: Db, response: Response) -> Product:
@@ -71,9 +73,11 @@ async def get_product(product_id: ProductId, database: Db, response: Response) -
     "/{product_id}",
     responses={
         **_ERRORS,
+        401: _UNAUTHORIZED,
         412: {"model": ErrorEnvelope, "description": "Stale version (VERSION_CONFLICT)"},
         428: {"model": ErrorEnvelope, "description": "If-Match header missing"},
     },
+    dependencies=[AdminOnly],
     summary="Change name, price or stock under optimistic locking",
 )
 async def update_product(
