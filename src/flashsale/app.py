@@ -13,6 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from flashsale import __version__, db, health
 from flashsale.config import Settings, load_settings
 from flashsale.errors import install_error_handlers
+from flashsale.observability import metrics
+from flashsale.observability.api import router as metrics_router
 from flashsale.observability.logging import configure_logging
 from flashsale.observability.middleware import RequestContextMiddleware
 from flashsale.orders.api import router as orders_router
@@ -32,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = await db.Database.connect(settings, url)
         log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
         try:
-            yield
+            async with metrics.sampling(app.state.database):
+                yield
         finally:
             await app.state.database.close()
             log.info("app.stopped")
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started_at = time.monotonic()
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(products_router)
     app.include_router(orders_router)
     if settings.cors_origins:
