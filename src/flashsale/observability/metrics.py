@@ -44,6 +44,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from starlette.types import Scope
 
     from flashsale.config import Settings
@@ -334,9 +336,13 @@ def render(extra: Iterable[Metric] = ()) -> bytes:
     return generate_latest(_Scrape(extra))
 
 
-def serve_worker_metrics(settings: Settings) -> None:
-    """`flashsale worker`: serve this process's metrics on METRICS_PORT from a daemon thread."""
-    start_http_server(settings.metrics_port, settings.server_host, registry=scrape_registry())
+def serve_worker_metrics(settings: Settings) -> WSGIServer:
+    """`flashsale worker`: serve this process's metrics on METRICS_PORT from a daemon thread
+    (`shutdown()` the returned server to stop it)."""
+    server, _ = start_http_server(
+        settings.metrics_port, settings.server_host, registry=scrape_registry()
+    )
+    return server
 
 
 @contextlib.contextmanager
