@@ -4,12 +4,14 @@ several, and the output passes `promtool check metrics`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -216,6 +218,22 @@ async def _until(client: httpx.AsyncClient, condition: Callable[[Scrape], bool])
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the condition never held")
+
+
+def test_serve_gives_several_workers_a_fresh_directory_and_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(metrics.MULTIPROC_DIR_VARIABLE, raising=False)
+    with metrics.multiprocess_directory(1):
+        assert metrics.MULTIPROC_DIR_VARIABLE not in os.environ  # one process: in memory
+
+    with metrics.multiprocess_directory(2):
+        directory = Path(os.environ[metrics.MULTIPROC_DIR_VARIABLE])
+        assert directory.is_dir()
+        assert list(directory.iterdir()) == []
+
+    assert not directory.exists()
+    assert metrics.MULTIPROC_DIR_VARIABLE not in os.environ
 
 
 def test_worker_metrics_server_serves_the_job_metrics() -> None:

@@ -73,7 +73,7 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_DURATION = Histogram(
     "flashsale_http_request_duration_seconds",
-    "HTTP request latency, from the first byte read to the last byte sent",
+    "HTTP request latency in the server, from the parsed request to the last byte sent",
     ["method", "route"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
