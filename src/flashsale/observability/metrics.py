@@ -188,7 +188,7 @@ _REFUSALS = {
     "IDEMPOTENCY_KEY_REUSED": "idempotency_key_reused",
 }
 _REFUSED = {code: ORDERS_REJECTED.labels(reason) for code, reason in _REFUSALS.items()}
-PLACE_ORDER_ROUTE = ("POST", "/orders")
+_PLACE_ORDER = ("POST", "/orders")
 JOB_FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
 for _status in JOB_FINAL_STATUSES:  # present at zero from the start, so rate() sees the first one
     SETTLEMENT_JOBS.labels(_status)
@@ -216,10 +216,14 @@ def enter_request(scope: Scope) -> None:
 
 
 def observe_request(scope: Scope, route: str, status: int, seconds: float) -> None:
-    key = (_method(scope), route, status)
+    method = _method(scope)
+    key = (method, route, status)
     series = _request_series.get(key)
     if series is None:
-        series = HTTP_REQUESTS.labels(key[0], route, str(status)), HTTP_DURATION.labels(*key[:2])
+        series = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_DURATION.labels(method, route),
+        )
         _request_series[key] = series
     series[0].inc()
     series[1].observe(seconds)
@@ -242,7 +246,7 @@ def record_order_placed(quantity: int) -> None:
 def record_error(scope: Scope, code: str) -> None:
     """Every error response passes here; those that refuse an order placement are counted."""
     counter = _REFUSED.get(code)
-    if counter is not None and (scope["method"], route_template(scope)) == PLACE_ORDER_ROUTE:
+    if counter is not None and (scope["method"], route_template(scope)) == _PLACE_ORDER:
         counter.inc()
 
 
@@ -260,6 +264,11 @@ def record_transactions_processed(count: int) -> None:
 # Sampling: pool and runtime gauges of this process, once a second.
 
 _process_collector = ProcessCollector(registry=None)
+_PROCESS_GAUGES = {
+    "process_resident_memory_bytes": PROCESS_MEMORY,
+    "process_open_fds": PROCESS_OPEN_FDS,
+    "process_max_fds": PROCESS_MAX_FDS,
+}
 _reported_totals: dict[Counter, float] = {}
 
 
@@ -272,12 +281,12 @@ def _advance(counter: Counter, total: float) -> None:
 
 
 def sample(database: Database | None) -> None:
-    figures = {s.name: s.value for f in _process_collector.collect() for s in f.samples}
-    if figures:  # empty where there is no /proc
-        _advance(PROCESS_CPU, figures["process_cpu_seconds_total"])
-        PROCESS_MEMORY.set(figures["process_resident_memory_bytes"])
-        PROCESS_OPEN_FDS.set(figures["process_open_fds"])
-        PROCESS_MAX_FDS.set(figures["process_max_fds"])
+    # prometheus_client reads /proc; whatever it cannot read (no /proc here) is left out.
+    for figure in (s for family in _process_collector.collect() for s in family.samples):
+        if figure.name == "process_cpu_seconds_total":
+            _advance(PROCESS_CPU, figure.value)
+        elif figure.name in _PROCESS_GAUGES:
+            _PROCESS_GAUGES[figure.name].set(figure.value)
     for generation, stats in enumerate(gc.get_stats()):
         _advance(GC_COLLECTIONS.labels(str(generation)), stats["collections"])
         _advance(GC_COLLECTED.labels(str(generation)), stats["collected"])
