@@ -192,6 +192,7 @@ async def test_several_workers_report_one_merged_view(
             == sent
         )
         assert scraped.value("flashsale_db_pool_max_connections") == 2 * POOL_SIZE
+        assert scraped.value("process_max_fds") > 0
         # Read from the database by the answering process: reported once, never doubled.
         assert (
             scraped.value("flashsale_product_stock", product_id=str(product["id"])) == 10**6 - sent

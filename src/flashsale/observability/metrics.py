@@ -161,7 +161,7 @@ PROCESS_OPEN_FDS = Gauge(
 PROCESS_MAX_FDS = Gauge(
     "process_max_fds",
     "Open file descriptor limit of one process",
-    multiprocess_mode="livemin",
+    multiprocess_mode="livemax",  # the same in every process; max ignores a not-yet-sampled 0
     registry=REGISTRY,
 )
 GC_COLLECTIONS = Counter(
