@@ -14,6 +14,8 @@ from flashsale import __version__, db, health
 from flashsale.config import Settings, load_settings
 from flashsale.errors import install_error_handlers
 from flashsale.guards import RequestBodyGuard
+from flashsale.observability import metrics
+from flashsale.observability.api import router as metrics_router
 from flashsale.observability.logging import configure_logging
 from flashsale.observability.middleware import RequestContextMiddleware
 from flashsale.openapi import install_openapi
@@ -34,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = await db.Database.connect(settings, url)
         log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
         try:
-            yield
+            async with metrics.sampling(app.state.database):
+                yield
         finally:
             await app.state.database.close()
             log.info("app.stopped")
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(products_router)
     app.include_router(orders_router)
     if settings.cors_origins:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from flashsale import db, migrations
 from flashsale.config import ConfigError, Settings, load_settings
+from flashsale.observability import metrics
 from flashsale.observability.logging import configure_logging
 
 log = structlog.get_logger()
@@ -85,17 +86,18 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=settings.server_port,
             workers=settings.web_concurrency,
         )
-        uvicorn.run(
-            "flashsale.app:create_app",
-            factory=True,
-            host=settings.server_host,
-            port=settings.server_port,
-            workers=settings.web_concurrency,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=30,
-        )
+        with metrics.multiprocess_directory(settings.web_concurrency):
+            uvicorn.run(
+                "flashsale.app:create_app",
+                factory=True,
+                host=settings.server_host,
+                port=settings.server_port,
+                workers=settings.web_concurrency,
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=30,
+            )
     finally:
         db.stop_embedded()
     log.info("server.exited")

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5_000
     auto_migrate: bool = True
 
+    # Metrics: `flashsale worker` serves /metrics on this port; the API serves it on SERVER_PORT
+    metrics_port: Port = 9091
+    # Stock is exported for this many products (the most recently updated): bounded cardinality
+    metrics_stock_products: Annotated[int, Field(ge=0, le=1000)] = 20
+
     # Logging
     log_level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

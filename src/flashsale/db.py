@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from flashsale.config import Settings
 from flashsale.errors import DatabaseTimeout, DatabaseUnavailable
+from flashsale.observability import metrics
 
 log = structlog.get_logger()
 
@@ -126,7 +128,11 @@ class Database:
     async def connection(
         self, *, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S
     ) -> AsyncIterator[Connection]:
-        """A connection for one unit of work; outages and timeouts become 503s, not 500s."""
+        """A connection for one unit of work; outages and timeouts become 503s, not 500s.
+
+        Metrics: the wait for the connection, and how long the unit of work holds it.
+        """
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(acquire_timeout_s):
                 await self._gate.acquire()
@@ -134,7 +140,12 @@ class Database:
             raise DatabaseUnavailable("No database connection became free in time") from exc
         try:
             async with self.pool.acquire(timeout=acquire_timeout_s) as conn:
-                yield conn
+                acquired = time.perf_counter()
+                metrics.DB_ACQUIRE.observe(acquired - started)
+                try:
+                    yield conn
+                finally:
+                    metrics.observe_db_operation(time.perf_counter() - acquired)
         except UNAVAILABLE_ERRORS as exc:
             log.warning("db.unavailable", error=repr(exc))
             raise DatabaseUnavailable() from exc

@@ -15,6 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from flashsale.observability import metrics
+from flashsale.observability.middleware import current_request_id
+
 log = structlog.get_logger()
 
 
@@ -141,28 +144,37 @@ _STATUS_CODES: dict[int, type[AppError]] = {
 }
 
 
-async def _on_app_error(_: Request, exc: Exception) -> JSONResponse:
+def _respond(
+    request: Request, error: AppError, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    metrics.record_error(request.scope, error.code)
+    return error_response(error, headers)
+
+
+async def _on_app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return error_response(exc)
+    return _respond(request, exc)
 
 
-async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = _validation_details(exc)
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-    return error_response(ValidationFailed(f"Invalid request: {summary}", details=details))
+    return _respond(request, ValidationFailed(f"Invalid request: {summary}", details=details))
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     known = _STATUS_CODES.get(exc.status_code)
     error = known() if known else HttpError(exc.status_code, str(exc.detail))
-    return error_response(error, headers=dict(exc.headers) if exc.headers else None)
+    return _respond(request, error, headers=dict(exc.headers) if exc.headers else None)
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.error("http.unhandled_error", error=repr(exc))
-    return error_response(InternalError())
+    # Rendered outside the request middleware (by the outermost handler): add its header here.
+    request_id = current_request_id()
+    return error_response(InternalError(), {"X-Request-ID": request_id} if request_id else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,8 +1,8 @@
 """Per-request context as a plain ASGI middleware (no BaseHTTPMiddleware overhead on the hot path).
 
 Takes `X-Request-ID` from the request when it is sane, otherwise generates one; returns it on the
-response; binds it to every log line of the request; logs one `http.request` line at the end with
-method, route template, status and duration.
+response; binds it to every log line of the request; at the end logs one `http.request` line with
+method, route template, status and duration, and records the same in the HTTP metrics.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flashsale.observability import metrics
 
 log = structlog.get_logger()
 
@@ -21,17 +22,17 @@ REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def route_template(scope: Scope) -> str:
-    """The matched route's path template (never the raw path, which is unbounded)."""
-    route: Any = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
-
-
 def incoming_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _SANE_REQUEST_ID.match(value):
             return str(value.decode("ascii"))
     return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The id of the request this task serves (for responses built outside this middleware)."""
+    request_id: str | None = structlog.contextvars.get_contextvars().get("request_id")
+    return request_id
 
 
 class RequestContextMiddleware:
@@ -43,8 +44,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = incoming_request_id(scope)
+        # Each request runs in its own task with its own copy of the context, so what is bound
+        # here stays bound until the task ends, including for the outermost 500 handler.
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        metrics.enter_request(scope)
         status = 500
         started = time.perf_counter()
 
@@ -61,12 +65,13 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            seconds = time.perf_counter() - started
+            route = metrics.route_template(scope)
+            metrics.observe_request(scope, route, status, seconds)
             log.info(
                 "http.request",
                 method=scope["method"],
-                route=route_template(scope),
+                route=route,
                 status=status,
-                duration_ms=duration_ms,
+                duration_ms=round(seconds * 1000, 3),
             )
-            structlog.contextvars.clear_contextvars()

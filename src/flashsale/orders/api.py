@@ -7,6 +7,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from flashsale.deps import Db
 from flashsale.errors import ErrorEnvelope
+from flashsale.observability import metrics
 from flashsale.orders import service
 from flashsale.orders.schemas import BuyerId, Order, OrderCreate, OrderList, OrderWithProduct
 from flashsale.schemas import Limit, Offset, RowId
@@ -51,6 +52,8 @@ async def create_order(
     headers = {"Location": f"/orders/{placed.order.id}"}
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.record_order_placed(placed.order.quantity)
     # The hot path: serialize the validated model once, skipping FastAPI's re-validation.
     return Response(
         placed.order.model_dump_json(), status.HTTP_201_CREATED, headers, "application/json"
