@@ -16,6 +16,7 @@ from flashsale.errors import install_error_handlers
 from flashsale.observability.logging import configure_logging
 from flashsale.observability.middleware import RequestContextMiddleware
 from flashsale.orders.api import router as orders_router
+from flashsale.orders.coalescer import new_order_coalescer
 from flashsale.products.api import router as products_router
 
 log = structlog.get_logger()
@@ -30,10 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = db.database_url(settings)
         app.state.database = await db.Database.connect(settings, url)
+        app.state.order_coalescer = new_order_coalescer(settings, app.state.database)
         log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
         try:
             yield
         finally:
+            if app.state.order_coalescer is not None:
+                await app.state.order_coalescer.close()
             await app.state.database.close()
             log.info("app.stopped")
 
