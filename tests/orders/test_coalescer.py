@@ -40,26 +40,6 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     await database.close()
 
 
-@pytest.fixture
-async def trap(pool: asyncpg.Pool) -> AsyncIterator[None]:
-    """A trigger on orders: buyer 'poison' makes the INSERT fail; buyer 'slow' makes it wait for
-    advisory lock 4242 (hold it to keep a batch in flight)."""
-    await pool.execute(
-        """
-        CREATE FUNCTION test_trap() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.buyer_id = 'poison' THEN RAISE EXCEPTION 'injected failure'; END IF;
-            IF NEW.buyer_id = 'slow' THEN PERFORM pg_advisory_xact_lock(4242); END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER test_trap BEFORE INSERT ON orders
-            FOR EACH ROW EXECUTE FUNCTION test_trap();
-        """
-    )
-    yield
-    await pool.execute("DROP TRIGGER test_trap ON orders; DROP FUNCTION test_trap()")
-
-
 def new_coalescer(database: Database, **bounds: int) -> tuple[OrderCoalescer, list[int]]:
     """A coalescer and the list of its batch sizes, in order."""
     sizes: list[int] = []
@@ -224,7 +204,7 @@ async def test_a_replay_and_a_stored_refusal_inside_a_batch(
     assert await stock_of(pool, product["id"]) == 99
 
 
-@pytest.mark.usefixtures("trap")
+@pytest.mark.usefixtures("orders_trap")
 async def test_a_failing_batch_gives_every_member_503_and_writes_nothing(
     database: Database, pool: asyncpg.Pool
 ) -> None:
@@ -298,7 +278,7 @@ async def test_a_waiting_order_whose_caller_is_cancelled_leaves_the_queue(
     assert await stock_of(pool, product["id"]) == 7
 
 
-@pytest.mark.usefixtures("trap")
+@pytest.mark.usefixtures("orders_trap")
 async def test_a_caller_cancelled_while_its_batch_is_in_flight_does_not_break_it(
     database: Database, pool: asyncpg.Pool
 ) -> None:
