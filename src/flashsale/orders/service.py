@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
@@ -120,7 +119,7 @@ class OrderRequest:
         return cls(data, idempotency_key, fingerprint)
 
 
-PLACE_ORDER_BATCH_SQL = "SELECT * FROM place_order_batch($1, $2, $3, $4, $5, $6, $7)"
+PLACE_ORDER_BATCH_SQL = "SELECT * FROM place_order_batch($1, $2, $3, $4, $5, $6)"
 
 
 async def place_order_batch(
@@ -136,7 +135,6 @@ async def place_order_batch(
     rows = await conn.fetch(
         PLACE_ORDER_BATCH_SQL,
         product_id,
-        [uuid.uuid4() for _ in requests],
         [r.data.quantity for r in requests],
         [r.data.buyer_id for r in requests],
         [r.idempotency_key for r in requests],

@@ -24,10 +24,9 @@ def upgrade() -> None:
         --   PRODUCT_NOT_FOUND, IDEMPOTENCY_KEY_IN_USE, IDEMPOTENCY_KEY_REUSED.
         -- Called as one statement in autocommit: one round trip, one commit for the batch, and the
         -- product's row lock is held only inside this function. The caller sends each key at most
-        -- once (repeats inside a batch are resolved by the caller) and makes the order ids.
+        -- once (repeats inside a batch are resolved by the caller).
         CREATE FUNCTION place_order_batch(
             p_product_id  bigint,
-            p_order_ids   uuid[],
             p_quantities  integer[],
             p_buyer_ids   text[],
             p_keys        text[],     -- NULL where the request has no Idempotency-Key
@@ -41,10 +40,11 @@ def upgrade() -> None:
         AS $fn$
         #variable_conflict use_column
         DECLARE
-            n         constant integer := cardinality(p_order_ids);
+            n         constant integer := cardinality(p_quantities);
             outcomes  text[] := array_fill(NULL::text, ARRAY[n]);
             fresh     boolean[] := array_fill(false, ARRAY[n]);  -- decided here, not replayed
-            order_ids uuid[] := p_order_ids;  -- a replay's entry points at the stored order
+            -- Each entry's order: a new id, or for a replay the stored order's.
+            order_ids uuid[] := ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n));
             earlier   record;
             v_stock   bigint;
             v_price   bigint;
@@ -95,7 +95,7 @@ def upgrade() -> None:
             -- stays the last line of defence), and the fresh outcomes stored under their keys.
             INSERT INTO orders (id, product_id, buyer_id, quantity, total_cents)
             SELECT e.id, p_product_id, e.buyer_id, e.quantity, v_price * e.quantity
-            FROM unnest(p_order_ids, p_buyer_ids, p_quantities, outcomes)
+            FROM unnest(order_ids, p_buyer_ids, p_quantities, outcomes)
                 AS e(id, buyer_id, quantity, outcome)
             WHERE e.outcome = 'CREATED';
             IF v_left < v_stock THEN
@@ -108,7 +108,7 @@ def upgrade() -> None:
                    CASE WHEN e.outcome = 'CREATED' THEN e.id END,
                    NULLIF(e.outcome, 'CREATED'),
                    now() + make_interval(secs => p_ttl_s)
-            FROM unnest(p_keys, p_hashes, p_order_ids, outcomes, fresh)
+            FROM unnest(p_keys, p_hashes, order_ids, outcomes, fresh)
                 AS e(key, hash, id, outcome, fresh)
             WHERE e.key IS NOT NULL AND e.fresh
             ON CONFLICT (key) DO UPDATE  -- only an expired record can be here: we hold the lock
@@ -134,6 +134,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        "DROP FUNCTION place_order_batch(bigint, uuid[], integer[], text[], text[], bytea[], "
+        "DROP FUNCTION place_order_batch(bigint, integer[], text[], text[], bytea[], "
         "double precision)"
     )
