@@ -278,3 +278,7 @@ def run(
             f"  {count:7d}  {r.rate:8,.0f}  {r.percentile_ms(50):7.1f}  {r.percentile_ms(99):7.1f}"
             f"  {r.rate / best:5.2f}  {r.rate / ceiling.rate:6.2f}  {run_.mean_batch:5.1f}  {label}"
         )
+    print(
+        "  targets with ORDER_COALESCING=on: x db >= 1.5; p99 <= 50 ms at 64 clients, "
+        "<= 250 ms at 512"
+    )
