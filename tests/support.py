@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+
+from flashsale.db import import_pgserver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,10 +59,7 @@ class EmbeddedPostgres:
         self.start()
 
     def start(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = import_pgserver().get_server(self.pgdata, cleanup_mode="stop")
 
     def stop(self) -> None:
         self._server.cleanup()

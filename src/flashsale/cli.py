@@ -216,8 +216,21 @@ def bench() -> None:
 
 
 @bench.command("orders")
-@click.option("--clients", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--clients",
+    default="64,512",
+    show_default=True,
+    callback=_int_list,
+    help="Concurrent HTTP clients, comma-separated",
+)
 @click.option("--orders", default=20_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option(
+    "--coalescing",
+    default="on,off",
+    show_default=True,
+    type=click.Choice(["on", "off", "on,off", "off,on"]),
+    help="ORDER_COALESCING values to try",
+)
 @click.option(
     "--workers",
     default="1",
@@ -232,25 +245,39 @@ def bench() -> None:
     callback=_int_list,
     help="DB_POOL_SIZE values to try, comma-separated",
 )
+@click.option(
+    "--batch-max",
+    default="256",
+    show_default=True,
+    callback=_int_list,
+    help="ORDER_BATCH_MAX values to try with coalescing on, comma-separated",
+)
 @click.option("--pgbench-clients", default="8,16,64", show_default=True, callback=_int_list)
 @click.option("--pgbench-seconds", default=10, show_default=True, type=click.IntRange(1, 600))
 def bench_orders(
-    *, clients: int, orders: int, workers: list[int], pool_size: list[int],
-    pgbench_clients: list[int], pgbench_seconds: int,
+    *, clients: list[int], orders: int, coalescing: str, workers: list[int],
+    pool_size: list[int], batch_max: list[int], pgbench_clients: list[int], pgbench_seconds: int,
 ) -> None:  # fmt: skip
-    """Hot-product orders/s, p50, p99 over HTTP vs the database's best (pgbench)."""
+    """Hot-product orders/s, p50, p99 over HTTP, flash-sale mode on and off, vs the database's
+    best single-order rate (pgbench) and the HTTP ceiling."""
     from flashsale.bench import orders as orders_bench
 
     settings = _settings()
     configurations = [
-        {"WEB_CONCURRENCY": str(w), "DB_POOL_SIZE": str(p)} for w in workers for p in pool_size
+        {"ORDER_COALESCING": mode, "WEB_CONCURRENCY": str(w), "DB_POOL_SIZE": str(p)}
+        | ({"ORDER_BATCH_MAX": str(b)} if b else {})
+        for mode in coalescing.split(",")
+        for w in workers
+        for p in pool_size
+        for b in (batch_max if mode == "on" else [0])
     ]
     url = _database_url(settings)
     try:
         migrations.upgrade(url)
         orders_bench.run(
             url, clients=clients, orders=orders, configurations=configurations,
-            pgbench_clients=pgbench_clients, pgbench_seconds=pgbench_seconds,
+            batch_max=batch_max[0], pgbench_clients=pgbench_clients,
+            pgbench_seconds=pgbench_seconds,
         )  # fmt: skip
     finally:
         db.stop_embedded()

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
 
     # Orders
     idempotency_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    # Flash-sale mode (orders/coalescer.py): per-product batches; off = one transaction per order
+    order_coalescing: bool = True
+    order_batch_max: Annotated[int, Field(ge=1, le=10_000)] = 256
+    order_queue_max_per_product: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    order_queue_max_total: Annotated[int, Field(ge=1, le=10_000_000)] = 16384
 
     # Settlement jobs (seed semantics)
     job_workers: Annotated[int, Field(ge=1, le=64)] = 8

@@ -48,15 +48,32 @@ def database_url(settings: Settings) -> str:
     return settings.configured_database_url or start_embedded(settings.data_dir)
 
 
+def import_pgserver() -> Any:
+    """pgserver, with a private runtime directory for its lock file and sockets.
+
+    pgserver asks platformdirs for XDG_RUNTIME_DIR at import; where that is unset (servers, CI,
+    containers) platformdirs falls back to /tmp/runtime-<uid>, and refuses even that when /tmp is
+    not sticky. Every process of this user must agree on the directory (it holds pgserver's
+    inter-process lock), so it is a fixed, private one under the home directory.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = Path.home() / ".cache" / "flashsale" / "run"
+        with contextlib.suppress(OSError):
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            runtime.chmod(0o700)
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    with warnings.catch_warnings():  # whatever platformdirs still has to say is not ours
+        warnings.simplefilter("ignore")
+        import pgserver
+    return pgserver
+
+
 def start_embedded(data_dir: Path) -> str:
     """Start (or attach to) the embedded PostgreSQL in `data_dir/pgdata`; return its URL.
 
     pgserver stops the server when the last process that started it exits normally.
     """
-    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
-        warnings.simplefilter("ignore")
-        import pgserver
-
+    pgserver = import_pgserver()
     pgdata = (data_dir / "pgdata").resolve()
     if pgdata not in _embedded_servers:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +143,12 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(
-        self, *, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S
+        self, *, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S, operation: str | None = None
     ) -> AsyncIterator[Connection]:
         """A connection for one unit of work; outages and timeouts become 503s, not 500s.
 
-        Metrics: the wait for the connection, and how long the unit of work holds it.
+        Metrics: the wait for the connection, and how long the unit of work holds it, labelled
+        `operation` (default: the current request's method and route, or background).
         """
         started = time.perf_counter()
         try:
@@ -145,7 +163,7 @@ class Database:
                 try:
                     yield conn
                 finally:
-                    metrics.observe_db_operation(time.perf_counter() - acquired)
+                    metrics.observe_db_operation(time.perf_counter() - acquired, operation)
         except UNAVAILABLE_ERRORS as exc:
             log.warning("db.unavailable", error=repr(exc))
             raise DatabaseUnavailable() from exc

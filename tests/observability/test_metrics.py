@@ -81,8 +81,10 @@ async def test_counters_move_by_exactly_the_traffic_sent(
     get = {"method": "GET", "route": "/orders/{order_id}"}
     assert delta("flashsale_http_requests_total", **get, status="200") == 1
     assert delta("flashsale_http_requests_total", **get, status="400") == 1
-    # Every placement but the invalid body held a connection; the scrape is timed as its own.
-    assert delta("flashsale_db_query_duration_seconds_count", operation="POST /orders") == 7
+    # Every placement but the invalid body went to the database, one after another: one batch
+    # each (flash-sale mode), timed under its own operation name.
+    assert delta("flashsale_db_query_duration_seconds_count", operation="order batch") == 7
+    assert delta("flashsale_order_batch_size_count") == 7
     assert (
         delta("flashsale_db_query_duration_seconds_count", operation="GET /orders/{order_id}") == 1
     )
@@ -270,3 +272,27 @@ def test_worker_metrics_server_serves_the_job_metrics() -> None:
     )
     assert delta("flashsale_settlement_transactions_processed_total") == 12_500
     assert after.value("process_resident_memory_bytes") > 0
+
+
+async def test_a_crowd_shows_in_the_batch_size_histogram(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=50)
+    before = await scrape(client)
+
+    responses = await asyncio.gather(
+        *(client.post("/orders", json=_order(product["id"])) for _ in range(200))
+    )
+    after = await scrape(client)
+
+    assert sorted({r.status_code for r in responses}) == [201, 409]
+    # Every order went through exactly one batch, granted or refused.
+    batched = after.value("flashsale_order_batch_size_sum") - before.value(
+        "flashsale_order_batch_size_sum"
+    )
+    batches = after.value("flashsale_order_batch_size_count") - before.value(
+        "flashsale_order_batch_size_count"
+    )
+    assert batched == 200
+    assert 1 <= batches <= 200
+    assert after.value("flashsale_orders_waiting", state="queued") >= 0

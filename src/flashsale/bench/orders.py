@@ -3,9 +3,15 @@
 In one invocation:
 1. pgbench runs the exact single-order statement the service uses (`PLACE_ORDER_SQL`) on one hot
    row at several client counts: the database's best single-order rate on this machine, now.
-2. A real `flashsale serve` process takes a crowd of closed-loop HTTP clients that all buy the
-   same product; orders/s, p50 and p99 are measured, and every 201 is checked against the rows.
-The figure that matters is the ratio of (2) to the best of (1): both ran on the same noisy box.
+2. The coalescer alone, in this process without HTTP: what flash-sale mode allows when HTTP is
+   not the bottleneck.
+3. The HTTP ceiling: a `flashsale serve` process and the crowd on a trivial endpoint (an unknown
+   route: the 404 envelope, no database), i.e. what the HTTP stack alone allows.
+4. Real `flashsale serve` processes (flash-sale mode on and off, and any other settings to
+   compare) take crowds of closed-loop HTTP clients that all buy the same product; orders/s, p50
+   and p99 are measured, every 201 is checked against the rows, and the product's version tells
+   how many writes (batches) placed them.
+The figures that matter are the ratios of (3) to (1) and to (2): all ran on the same noisy box.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from flashsale.bench.loadgen import LoadResult, post_json, run_load
+from flashsale.bench.loadgen import LoadResult, get, post_json, run_load
 from flashsale.orders.service import PLACE_ORDER_SQL
 
 HUGE_STOCK = 10**12
@@ -38,9 +44,9 @@ def pgbench_binary() -> str:
     found = shutil.which("pgbench")
     if found:
         return found
-    import pgserver
+    from flashsale.db import import_pgserver
 
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "pgbench")
+    return str(Path(import_pgserver().__file__).parent / "pginstall" / "bin" / "pgbench")
 
 
 def pgbench_script() -> str:
@@ -112,70 +118,167 @@ def serve(database_url: str, env: dict[str, str]) -> Iterator[Server]:
         os.unlink(log.name)
 
 
-async def _new_product(url: str) -> int:
+async def _product(url: str, product_id: int | None = None) -> tuple[int, int, int]:
+    """(product id, its orders, its version); a new hot product when no id is given."""
     conn = await asyncpg.connect(url)
     try:
-        product_id = await conn.fetchval(
-            "INSERT INTO products (name, price, stock) VALUES ('bench hot product', 1000, $1) "
-            "RETURNING id",
-            HUGE_STOCK,
+        if product_id is None:
+            product_id = await conn.fetchval(
+                "INSERT INTO products (name, price, stock) VALUES ('bench hot product', 1000, $1) "
+                "RETURNING id",
+                HUGE_STOCK,
+            )
+        row = await conn.fetchrow(
+            "SELECT p.id, p.version, (SELECT count(*) FROM orders o WHERE o.product_id = p.id) "
+            "AS orders FROM products p WHERE p.id = $1",
+            product_id,
         )
-        return int(product_id)
+        assert row is not None
+        return int(row["id"]), int(row["orders"]), int(row["version"])
     finally:
         await conn.close()
 
 
-async def _orders_for(url: str, product_id: int) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(
-            await conn.fetchval("SELECT count(*) FROM orders WHERE product_id = $1", product_id)
-        )
-    finally:
-        await conn.close()
+@dataclass
+class OrdersRun:
+    result: LoadResult
+    rows: int  # orders stored during the measured run
+    writes: int  # writes of the product row during it: one per order, or one per batch
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows / self.writes if self.writes else 0.0
 
 
-async def http_orders(server: Server, product_id: int, *, clients: int, total: int) -> LoadResult:
+def http_orders(url: str, server: Server, *, clients: int, total: int) -> OrdersRun:
+    product_id, _, _ = asyncio.run(_product(url))
+
     def order(i: int) -> bytes:
         body = {"product_id": product_id, "quantity": 1, "buyer_id": f"bench-{i}"}
         return post_json("/orders", json.dumps(body).encode())
 
     # Warm-up: open pool connections, prepare statements, fill caches.
-    await run_load(
-        "127.0.0.1", server.port, clients=clients, total=clients * 20, make_request=order
+    warm_up = max(2000, clients * 4)
+    asyncio.run(
+        run_load("127.0.0.1", server.port, clients=clients, total=warm_up, make_request=order)
     )
-    return await run_load(
-        "127.0.0.1", server.port, clients=clients, total=total, make_request=order
+    _, rows_before, version_before = asyncio.run(_product(url, product_id))
+    result = asyncio.run(
+        run_load("127.0.0.1", server.port, clients=clients, total=total, make_request=order)
     )
+    _, rows_after, version_after = asyncio.run(_product(url, product_id))
+    return OrdersRun(result, rows_after - rows_before, version_after - version_before)
+
+
+def http_ceiling(server: Server, *, clients: int, total: int) -> LoadResult:
+    """The same crowd on an unknown route: routing, middleware and the error envelope only."""
+    request = get("/bench-http-ceiling")
+    return asyncio.run(
+        run_load(
+            "127.0.0.1", server.port, clients=clients, total=total, make_request=lambda _: request
+        )
+    )
+
+
+async def _coalescer_capacity(url: str, *, clients: int, total: int, batch_max: int) -> float:
+    """Orders/s through an `OrderCoalescer` in this process, callers in a closed loop: the
+    capacity of flash-sale mode itself (queues, batch statement, database), without HTTP."""
+    from flashsale.config import Settings
+    from flashsale.db import Database
+    from flashsale.orders.coalescer import OrderCoalescer
+    from flashsale.orders.schemas import OrderCreate
+    from flashsale.orders.service import OrderRequest
+
+    product_id, _, _ = await _product(url)
+    database = await Database.connect(Settings(), url)
+    try:
+        coalescer = OrderCoalescer(
+            database, batch_max=batch_max, max_waiting_per_product=total, max_total=total,
+            idempotency_ttl_s=60,
+        )  # fmt: skip
+        requests = [
+            OrderRequest.of(OrderCreate(product_id=product_id, quantity=1, buyer_id=f"c{i}"), None)
+            for i in range(total)
+        ]
+        pending = iter(requests)
+
+        async def caller() -> None:
+            for request in pending:
+                await coalescer.place(request)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(clients)))
+        return total / (time.perf_counter() - started)
+    finally:
+        await database.close()
 
 
 def run(
     url: str,
     *,
-    clients: int,
+    clients: list[int],
     orders: int,
     configurations: list[dict[str, str]],
+    batch_max: int,
     pgbench_clients: list[int],
     pgbench_seconds: int,
 ) -> None:
-    print(f"flashsale bench orders: one hot product, {clients} HTTP clients, {orders:,} orders")
-    product_id = asyncio.run(_new_product(url))
-    baseline = {}
+    print(f"flashsale bench orders: one hot product, {orders:,} orders per run")
     print(f"\ndatabase ceiling: pgbench, the service's order statement, {pgbench_seconds} s each")
+    product_id, _, _ = asyncio.run(_product(url))
+    baseline = {}
     for count in pgbench_clients:
         baseline[count] = run_pgbench(url, product_id, count, pgbench_seconds)
         print(f"  {count:4d} clients: {baseline[count]:8,.0f} orders/s")
     best_clients, best = max(baseline.items(), key=lambda item: item[1])
     print(f"  best: {best:,.0f} orders/s at {best_clients} clients")
 
-    print("\nHTTP POST /orders through `flashsale serve`:")
+    print(f"\nflash-sale mode without HTTP: the coalescer in this process, batch max {batch_max}")
+    for count in clients:
+        rate = asyncio.run(
+            _coalescer_capacity(url, clients=count, total=orders, batch_max=batch_max)
+        )
+        print(f"  {count:4d} callers: {rate:8,.0f} orders/s   {rate / best:.2f}x database best")
+
+    ceilings: dict[tuple[str, int], LoadResult] = {}
+    summary: list[tuple[str, int, OrdersRun, LoadResult]] = []
     for env in configurations:
         label = " ".join(f"{k}={v}" for k, v in env.items())
-        product_id = asyncio.run(_new_product(url))
+        print(f"\n{label}")
+        workers = env.get("WEB_CONCURRENCY", "1")
         with serve(url, env) as server:
-            result = asyncio.run(http_orders(server, product_id, clients=clients, total=orders))
-        stored = asyncio.run(_orders_for(url, product_id))
-        created = stored - clients * 20  # minus the warm-up's orders
-        check = "ok" if created == result.statuses[201] else f"MISMATCH: {created} rows"
-        print(f"  {label}: {result.summary()}")
-        print(f"      ratio to database best: {result.rate / best:.2f}   (201s vs rows: {check})")
+            for count in clients:
+                if (workers, count) not in ceilings:
+                    ceiling = http_ceiling(server, clients=count, total=orders)
+                    ceilings[(workers, count)] = ceiling
+                    print(f"  {count:4d} clients, HTTP ceiling: {ceiling.summary()}")
+                run_ = http_orders(url, server, clients=count, total=orders)
+                ceiling = ceilings[(workers, count)]
+                check = (
+                    "ok"
+                    if run_.rows == run_.result.statuses[201]
+                    else f"MISMATCH: {run_.rows} rows"
+                )
+                print(f"  {count:4d} clients, POST /orders: {run_.result.summary()}")
+                print(
+                    f"        {run_.result.rate / best:.2f}x database best, "
+                    f"{run_.result.rate / ceiling.rate:.2f}x HTTP ceiling, "
+                    f"{run_.mean_batch:.1f} orders per write   (201s vs rows: {check})"
+                )
+                summary.append((label, count, run_, ceiling))
+
+    print(f"\nsummary (database best: {best:,.0f} orders/s at {best_clients} pgbench clients)")
+    print(
+        f"  {'clients':>7}  {'orders/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'x db':>5}  "
+        f"{'x http':>6}  {'batch':>5}  configuration"
+    )
+    for label, count, run_, ceiling in summary:
+        r = run_.result
+        print(
+            f"  {count:7d}  {r.rate:8,.0f}  {r.percentile_ms(50):7.1f}  {r.percentile_ms(99):7.1f}"
+            f"  {r.rate / best:5.2f}  {r.rate / ceiling.rate:6.2f}  {run_.mean_batch:5.1f}  {label}"
+        )
+    print(
+        "  targets with ORDER_COALESCING=on: x db >= 1.5; p99 <= 50 ms at 64 clients, "
+        "<= 250 ms at 512"
+    )

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -113,6 +113,21 @@ SETTLEMENT_TRANSACTIONS = Counter(
     registry=REGISTRY,
 )
 
+# Flash-sale mode (order coalescing)
+ORDER_BATCH_SIZE = Histogram(
+    "flashsale_order_batch_size",
+    "Orders placed together in one batch transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    registry=REGISTRY,
+)
+ORDERS_WAITING = Gauge(
+    "flashsale_orders_waiting",
+    "Orders waiting for a batch (queued) or in a batch in flight, summed over live processes",
+    ["state"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+
 # Database
 DB_POOL_MAX = Gauge(
     "flashsale_db_pool_max_connections",
@@ -186,6 +201,10 @@ _REFUSALS = {
     "UNSUPPORTED_MEDIA_TYPE": "validation",
     "IDEMPOTENCY_KEY_IN_USE": "idempotency_key_in_use",
     "IDEMPOTENCY_KEY_REUSED": "idempotency_key_reused",
+    "ORDERS_BUSY": "busy",
+    "ORDER_BATCH_FAILED": "batch_failed",
+    "DATABASE_UNAVAILABLE": "database_unavailable",
+    "DATABASE_TIMEOUT": "database_timeout",
 }
 _REFUSED = {code: ORDERS_REJECTED.labels(reason) for code, reason in _REFUSALS.items()}
 _PLACE_ORDER = ("POST", "/orders")
@@ -229,9 +248,10 @@ def observe_request(scope: Scope, route: str, status: int, seconds: float) -> No
     series[1].observe(seconds)
 
 
-def observe_db_operation(seconds: float) -> None:
-    scope = _current_request.get()
-    operation = f"{_method(scope)} {route_template(scope)}" if scope else "background"
+def observe_db_operation(seconds: float, operation: str | None = None) -> None:
+    if operation is None:
+        scope = _current_request.get()
+        operation = f"{_method(scope)} {route_template(scope)}" if scope else "background"
     series = _operation_series.get(operation)
     if series is None:
         series = _operation_series[operation] = DB_QUERY.labels(operation)
@@ -280,7 +300,16 @@ def _advance(counter: Counter, total: float) -> None:
         _reported_totals[counter] = total
 
 
-def sample(database: Database | None) -> None:
+class OrderQueue(Protocol):
+    """What the sampler reads of the order coalescer."""
+
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+
+
+def sample(database: Database | None, orders: OrderQueue | None = None) -> None:
     # prometheus_client reads /proc; whatever it cannot read (no /proc here) is left out.
     for figure in (s for family in _process_collector.collect() for s in family.samples):
         if figure.name == "process_cpu_seconds_total":
@@ -295,19 +324,25 @@ def sample(database: Database | None) -> None:
         DB_POOL_MAX.set(database.size)
         DB_POOL_CONNECTIONS.labels("idle").set(idle)
         DB_POOL_CONNECTIONS.labels("in_use").set(database.pool.get_size() - idle)
+    if orders is not None:
+        ORDERS_WAITING.labels("queued").set(orders.waiting)
+        ORDERS_WAITING.labels("in_batch").set(orders.in_flight)
 
 
-async def _sample_forever(database: Database | None) -> None:
+async def _sample_forever(database: Database | None, orders: OrderQueue | None) -> None:
     while True:
-        sample(database)
+        sample(database, orders)
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
 @contextlib.asynccontextmanager
-async def sampling(database: Database | None) -> AsyncIterator[None]:
-    """Keep this process's pool and runtime gauges current while the block runs (the app's
-    lifespan; `flashsale worker`). On exit, its live gauges leave the multiprocess sums."""
-    task = asyncio.create_task(_sample_forever(database))
+async def sampling(
+    database: Database | None, orders: OrderQueue | None = None
+) -> AsyncIterator[None]:
+    """Keep this process's pool, order-queue and runtime gauges current while the block runs
+    (the app's lifespan; `flashsale worker`). On exit, its live gauges leave the multiprocess
+    sums."""
+    task = asyncio.create_task(_sample_forever(database, orders))
     try:
         yield
     finally:

@@ -8,12 +8,16 @@ With an `Idempotency-Key`, the same statement runs inside a transaction that fir
 non-blocking advisory lock on the key (a concurrent duplicate gets 409 at once) and looks up an
 earlier result (replayed when the body matches, 422 when it does not); the result is stored in
 the same transaction as the order, so an order and its key record commit together or not at all.
+
+`place_order_batch` is flash-sale mode's statement (see `coalescer.py`): many orders for one
+product in one call of the `place_order_batch()` database function, one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -46,10 +50,28 @@ class IdempotencyKeyReused(AppError):
     message = "This Idempotency-Key was used with a different request body"
 
 
+class OrdersBusy(AppError):
+    status_code = 503
+    code = "ORDERS_BUSY"
+    message = "Too many orders are waiting; retry shortly"
+
+
+class OrderBatchFailed(AppError):
+    status_code = 503
+    code = "ORDER_BATCH_FAILED"
+    message = "The order could not be placed and nothing was recorded; retry shortly"
+
+
 # Outcomes other than 201 that are stored under an idempotency key and replayed as they were.
 _REPLAYABLE_ERRORS: dict[str, type[AppError]] = {
     OutOfStock.code: OutOfStock,
     ProductNotFound.code: ProductNotFound,
+}
+# Every refusal `place_order_batch()` can return, by code.
+_BATCH_REFUSALS: dict[str, type[AppError]] = {
+    **_REPLAYABLE_ERRORS,
+    IdempotencyKeyInUse.code: IdempotencyKeyInUse,
+    IdempotencyKeyReused.code: IdempotencyKeyReused,
 }
 
 _ORDER_COLUMNS = "id, product_id, buyer_id, quantity, status, total_cents, created_at, updated_at"
@@ -81,6 +103,53 @@ def request_fingerprint(data: OrderCreate) -> bytes:
     """What "the same request" means for an idempotency key: the same validated body."""
     canonical = json.dumps(data.model_dump(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """One POST /orders as flash-sale mode queues it."""
+
+    data: OrderCreate
+    idempotency_key: str | None = None
+    fingerprint: bytes | None = None  # of `data`, when there is a key
+
+    @classmethod
+    def of(cls, data: OrderCreate, idempotency_key: str | None) -> OrderRequest:
+        fingerprint = request_fingerprint(data) if idempotency_key is not None else None
+        return cls(data, idempotency_key, fingerprint)
+
+
+PLACE_ORDER_BATCH_SQL = "SELECT * FROM place_order_batch($1, $2, $3, $4, $5, $6)"
+
+
+async def place_order_batch(
+    conn: Connection,
+    *,
+    product_id: int,
+    requests: Sequence[OrderRequest],
+    idempotency_ttl_s: int = 86400,
+) -> list[PlacedOrder | AppError]:
+    """Place `requests` (all for `product_id`, in arrival order, each key at most once) in one
+    statement and one transaction; return each one's outcome, in the same order. Raises (and
+    commits nothing) when the statement fails."""
+    rows = await conn.fetch(
+        PLACE_ORDER_BATCH_SQL,
+        product_id,
+        [r.data.quantity for r in requests],
+        [r.data.buyer_id for r in requests],
+        [r.idempotency_key for r in requests],
+        [r.fingerprint for r in requests],
+        float(idempotency_ttl_s),
+    )
+    outcomes: list[PlacedOrder | AppError] = []
+    for row in rows:
+        outcome = row["outcome"]
+        if outcome in ("CREATED", "REPLAYED"):
+            order = Order(**{k: v for k, v in row.items() if k != "outcome"})
+            outcomes.append(PlacedOrder(order, replayed=outcome == "REPLAYED"))
+        else:
+            outcomes.append(_BATCH_REFUSALS[outcome]())
+    return outcomes
 
 
 async def place_order(

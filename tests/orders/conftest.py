@@ -1,0 +1,28 @@
+"""Fixtures shared by the order tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+
+@pytest.fixture
+async def orders_trap(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """A trigger on orders: buyer 'poison' makes the INSERT fail; buyer 'slow' makes it wait for
+    advisory lock 4242 (hold it to keep a batch in flight)."""
+    await pool.execute(
+        """
+        CREATE FUNCTION test_trap() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.buyer_id = 'poison' THEN RAISE EXCEPTION 'injected failure'; END IF;
+            IF NEW.buyer_id = 'slow' THEN PERFORM pg_advisory_xact_lock(4242); END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_trap BEFORE INSERT ON orders
+            FOR EACH ROW EXECUTE FUNCTION test_trap();
+        """
+    )
+    yield
+    await pool.execute("DROP TRIGGER test_trap ON orders; DROP FUNCTION test_trap()")
