@@ -17,6 +17,8 @@ from flashsale.observability.logging import configure_logging
 from flashsale.observability.middleware import RequestContextMiddleware
 from flashsale.orders.api import router as orders_router
 from flashsale.products.api import router as products_router
+from flashsale.settlement.api import router as settlement_router
+from flashsale.settlement.jobs import job_runtime
 
 log = structlog.get_logger()
 
@@ -32,7 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = await db.Database.connect(settings, url)
         log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
         try:
-            yield
+            # With EMBEDDED_WORKER, this process also runs settlement jobs (see `serve`).
+            async with job_runtime(settings, url, worker=settings.embedded_worker) as jobs:
+                app.state.jobs = jobs
+                yield
         finally:
             await app.state.database.close()
             log.info("app.stopped")
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(products_router)
     app.include_router(orders_router)
+    app.include_router(settlement_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,10 +1,12 @@
-"""The `flashsale` command: serve | migrate | seed | bench."""
+"""The `flashsale` command: serve | worker | migrate | seed | bench."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -75,6 +77,12 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             migrations.upgrade(url)
         # Worker processes build their own app from the environment: give them this database.
         os.environ["DATABASE_URL"] = url
+        # Settlement jobs run in one worker per `serve`: in the server process itself, or with
+        # several server processes, in a `flashsale worker` process beside them.
+        job_worker = None
+        if settings.embedded_worker and settings.web_concurrency > 1:
+            os.environ["EMBEDDED_WORKER"] = "false"
+            job_worker = subprocess.Popen([sys.executable, "-m", "flashsale", "worker"])
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; absorb them so that we
         # return from run() and release the embedded PostgreSQL instead of dying mid-cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,9 +104,27 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             server_header=False,
             timeout_graceful_shutdown=30,
         )
+        if job_worker is not None:
+            job_worker.terminate()  # SIGTERM: a graceful stop (JOB_SHUTDOWN_GRACE_S)
+            job_worker.wait()
     finally:
         db.stop_embedded()
     log.info("server.exited")
+
+
+@main.command()
+def worker() -> None:
+    """Run settlement jobs (any number of these, on any hosts, against one database)."""
+    from flashsale.settlement.jobs import standalone_worker
+
+    settings = _settings()
+    url = _database_url(settings)
+    try:
+        if settings.auto_migrate:
+            migrations.upgrade(url)
+        asyncio.run(standalone_worker(settings, url))
+    finally:
+        db.stop_embedded()
 
 
 @main.group(invoke_without_command=True)
