@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from uuid import UUID
@@ -47,6 +48,7 @@ SETTLE_TASK = "settlement.settle"
 SWEEP_TASK = "settlement.sweep"
 # How often a running job stores its progress and checks that its row is still RUNNING.
 PROGRESS_INTERVAL_S = 0.25
+WORKER_RESTART_DELAY_S = 1.0
 
 
 class JobStopped(Exception):
@@ -97,9 +99,10 @@ class JobRuntime:
             if task.id is not None and task.status in (Status.TODO.value, Status.DOING.value):
                 await manager.cancel_job_by_id_async(task.id, abort=True)
 
-    async def run_worker(self, *, install_signal_handlers: bool) -> None:
-        """Run jobs until cancelled (or, with signal handlers, until SIGTERM/SIGINT); running
-        jobs get JOB_SHUTDOWN_GRACE_S to finish, then they are aborted and requeued."""
+    async def run_worker(self) -> None:
+        """Run jobs until cancelled. Cancelling is a graceful stop: running jobs get
+        JOB_SHUTDOWN_GRACE_S to finish, then they are aborted and requeued. A worker that stops
+        by itself (it lost the database) is started again after a pause."""
         settings = self.settings
         self._pool = await asyncpg.create_pool(
             self.url,
@@ -112,17 +115,23 @@ class JobRuntime:
             },
         )
         try:
-            await self.app.run_worker_async(
-                queues=[QUEUE],
-                name=f"flashsale-worker-{os.getpid()}",
-                concurrency=settings.job_concurrency,
-                shutdown_graceful_timeout=settings.job_shutdown_grace_s,
-                update_heartbeat_interval=settings.job_stalled_after_s / 4,
-                stalled_worker_timeout=settings.job_stalled_after_s,
-                delete_jobs="always",  # our job rows keep the history
-                additional_context={"runtime": self},
-                install_signal_handlers=install_signal_handlers,
-            )
+            while True:
+                try:
+                    await self.app.run_worker_async(
+                        queues=[QUEUE],
+                        name=f"flashsale-worker-{os.getpid()}",
+                        concurrency=settings.job_concurrency,
+                        shutdown_graceful_timeout=settings.job_shutdown_grace_s,
+                        update_heartbeat_interval=settings.job_stalled_after_s / 4,
+                        stalled_worker_timeout=settings.job_stalled_after_s,
+                        delete_jobs="always",  # our job rows keep the history
+                        additional_context={"runtime": self},
+                        install_signal_handlers=False,
+                    )
+                    log.warning("worker.stopped_unexpectedly")
+                except Exception as exc:
+                    log.error("worker.failed", error=repr(exc))
+                await asyncio.sleep(WORKER_RESTART_DELAY_S)
         finally:
             await self._pool.close()
             self._pool = None
@@ -136,14 +145,12 @@ async def job_runtime(settings: Settings, url: str, *, worker: bool) -> AsyncIte
     logging.getLogger("procrastinate").setLevel(max(logging.WARNING, logging.getLogger().level))
     runtime = JobRuntime(settings, url)
     await runtime.app.open_async()
-    running = (
-        asyncio.create_task(runtime.run_worker(install_signal_handlers=False)) if worker else None
-    )
+    running = asyncio.create_task(runtime.run_worker()) if worker else None
     try:
         yield runtime
     finally:
         if running is not None:
-            running.cancel()  # procrastinate's graceful stop: see run_worker
+            running.cancel()  # a graceful stop: see run_worker
             with contextlib.suppress(asyncio.CancelledError):
                 await running
         await runtime.app.close_async()
@@ -151,9 +158,12 @@ async def job_runtime(settings: Settings, url: str, *, worker: bool) -> AsyncIte
 
 async def standalone_worker(settings: Settings, url: str) -> None:
     """`flashsale worker`: run jobs until SIGTERM or SIGINT, then stop gracefully."""
-    async with job_runtime(settings, url, worker=False) as runtime:
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with job_runtime(settings, url, worker=True):
         log.info("worker.started", concurrency=settings.job_concurrency)
-        await runtime.run_worker(install_signal_handlers=True)
+        await stop.wait()
     log.info("worker.stopped")
 
 
@@ -237,13 +247,19 @@ async def _report_progress(
     *,
     until: asyncio.Task[list[service.SettlementRow]],
 ) -> None:
-    """Store progress every PROGRESS_INTERVAL_S until `until` is done; stop the job (raise
-    JobStopped) as soon as its row says it is no longer this run's to do."""
-    while not (await asyncio.wait({until}, timeout=PROGRESS_INTERVAL_S))[0]:
+    """Store progress every PROGRESS_INTERVAL_S, and once more when `until` is done (the job
+    then shows all its rows processed while it writes); stop the job (raise JobStopped) as soon
+    as its row says it is no longer this run's to do."""
+    while True:
+        done = (await asyncio.wait({until}, timeout=PROGRESS_INTERVAL_S))[0]
+        if done and until.exception() is not None:
+            return
         if not await service.record_progress(
             conn, job=job, processed=progress.processed, total=progress.total
         ):
             raise JobStopped()
+        if done:
+            return
 
 
 async def _after_abort(runtime: JobRuntime, job: service.ClaimedJob) -> None:

@@ -63,6 +63,8 @@ def plan_batches(day_counts: Iterable[tuple[date, int]], batch_size: int) -> lis
     batches = []
     for day, count in day_counts:
         parts = math.ceil(count / batch_size)
+        if not parts:
+            continue
         start = day_start(day)
         bounds = [start + DAY * i / parts for i in range(parts + 1)]
         batches += [Batch(day, lo, hi) for lo, hi in itertools.pairwise(bounds)]

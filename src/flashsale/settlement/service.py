@@ -77,8 +77,8 @@ def _job(row: asyncpg.Record) -> SettlementJob:
     total, processed = row["total"], row["processed"]
     if status == "COMPLETED":
         progress = 100.0
-    elif total:
-        progress = math.floor(1000 * processed / total) / 10  # never 100 before it is done
+    elif total:  # 100 only once COMPLETED: the results are still to be written
+        progress = min(99.9, math.floor(1000 * processed / total) / 10)
     else:
         progress = 0.0
     return SettlementJob(
