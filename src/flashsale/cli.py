@@ -278,3 +278,43 @@ def bench_orders(
         )  # fmt: skip
     finally:
         db.stop_embedded()
+
+
+@bench.command("settlement")
+@click.option(
+    "--rows",
+    default="1000000",
+    show_default=True,
+    callback=_int_list,
+    help="Transaction counts to try, comma-separated (e.g. 1000000,10000000)",
+)
+@click.option("--merchants", default=10, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--job-workers",
+    default="8",
+    show_default=True,
+    callback=_int_list,
+    help="JOB_WORKERS values to try, comma-separated",
+)
+@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Runs of the single query per setting (the best counts)")  # fmt: skip
+@click.option("--explain", is_flag=True, help="Print EXPLAIN (ANALYZE, BUFFERS) plans")
+@click.option("--keep", is_flag=True, help="Keep the scratch database")
+def bench_settlement(
+    *, rows: list[int], merchants: int, runs: int, job_workers: list[int], batch_size: int,
+    repeat: int, explain: bool, keep: bool,
+) -> None:  # fmt: skip
+    """A settlement job end to end vs the database's best single query; seed time, RSS."""
+    from flashsale.bench import settlement as settlement_bench
+
+    settings = _settings()
+    try:
+        options = settlement_bench.Options(
+            merchants=merchants, runs=runs, job_workers=job_workers, batch_size=batch_size,
+            repeat=repeat, show_plans=explain,
+        )  # fmt: skip
+        settlement_bench.run(_database_url(settings), rows=rows, options=options, keep=keep)
+    finally:
+        db.stop_embedded()

@@ -112,6 +112,9 @@ class JobRuntime:
             server_settings={
                 "application_name": self.application_name,
                 "statement_timeout": "0",  # jobs are long by nature; cancellation stops them
+                # A job runs the same few statements hundreds of times, always best served by
+                # the same plan (an index-only range scan): skip planning every execution.
+                "plan_cache_mode": "force_generic_plan",
             },
         )
         try:

@@ -179,6 +179,7 @@ async def aggregate(
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
+    started = time.perf_counter()
     async with shared_snapshot(pool, workers) as snapshot:
         await _on_each(await snapshot.at_most(len(days)), days, count)
         progress.total = sum(counts.values())
@@ -188,6 +189,7 @@ async def aggregate(
             total=progress.total,
             batches=len(batches),
             workers=min(workers, len(batches)),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         await _on_each(await snapshot.at_most(len(batches)), batches, add_up)
     return sorted((m, d, gross, fee, txns) for (m, d), (gross, fee, txns) in sums.items())

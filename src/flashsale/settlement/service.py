@@ -262,22 +262,21 @@ async def count_completed(conn: Connection, *, start: datetime, end: datetime) -
     return int(count)
 
 
+# Per merchant: gross, fee and count of COMPLETED transactions paid in [$1, $2). A batch lies
+# within one UTC day, so the day needs no per-row computation.
+AGGREGATE_BATCH_SQL = """
+SELECT merchant_id, sum(amount_cents)::bigint AS gross_cents, sum(fee_cents)::bigint AS fee_cents,
+       count(*) AS txn_count
+FROM transactions
+WHERE status = 'COMPLETED' AND paid_at >= $1 AND paid_at < $2
+GROUP BY merchant_id
+"""
+
+
 async def aggregate_batch(
     conn: Connection, *, start: datetime, end: datetime
 ) -> list[asyncpg.Record]:
-    """Per merchant: gross, fee and count of COMPLETED transactions paid in [start, end).
-    The range lies within one UTC day, so the day needs no per-row computation."""
-    return await conn.fetch(
-        """
-        SELECT merchant_id, sum(amount_cents)::bigint AS gross_cents,
-               sum(fee_cents)::bigint AS fee_cents, count(*) AS txn_count
-        FROM transactions
-        WHERE status = 'COMPLETED' AND paid_at >= $1 AND paid_at < $2
-        GROUP BY merchant_id
-        """,
-        start,
-        end,
-    )
+    return await conn.fetch(AGGREGATE_BATCH_SQL, start, end)
 
 
 _REPLACE_SETTLEMENTS = """
