@@ -70,6 +70,7 @@ async def test_a_job_cancelled_while_queued_never_runs(
     assert response.status_code == 200
     job = (await api.get(f"/jobs/{cancelled}")).json()
     assert job["status"] == "CANCELLED"
+    assert await jobs_db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
     with running_worker(jobs_url, jobs_data_dir, logs_dir):
         later = await post_job(api, *MONTH)
         await wait_for_job(api, later, status_is("COMPLETED"))

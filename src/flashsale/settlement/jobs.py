@@ -93,11 +93,11 @@ class JobRuntime:
             await self.settle_task.configure(lock=key, queueing_lock=key).defer_async(job_id=key)
 
     async def abort(self, job_id: UUID) -> None:
-        """Cancel the job's waiting task, or abort its running one (asyncio cancellation)."""
+        """Delete the job's waiting task, or abort its running one (asyncio cancellation)."""
         manager = self.app.job_manager
         for task in await manager.list_jobs_async(lock=job_key(job_id)):
             if task.id is not None and task.status in (Status.TODO.value, Status.DOING.value):
-                await manager.cancel_job_by_id_async(task.id, abort=True)
+                await manager.cancel_job_by_id_async(task.id, abort=True, delete_job=True)
 
     async def run_worker(self) -> None:
         """Run jobs until cancelled. Cancelling is a graceful stop: running jobs get
@@ -255,8 +255,8 @@ async def _report_progress(
     as its row says it is no longer this run's to do."""
     while True:
         done = (await asyncio.wait({until}, timeout=PROGRESS_INTERVAL_S))[0]
-        if done and until.exception() is not None:
-            return
+        if done and (until.cancelled() or until.exception() is not None):
+            return  # the task group raises the work's failure
         if not await service.record_progress(
             conn, job=job, processed=progress.processed, total=progress.total
         ):
