@@ -124,6 +124,9 @@ class JobRuntime:
                         queues=[QUEUE],
                         name=f"flashsale-worker-{os.getpid()}",
                         concurrency=settings.job_concurrency,
+                        # LISTEN/NOTIFY wakes workers at once; polling is the fallback (e.g. for
+                        # the first sweep, deferred before the worker listens).
+                        fetch_job_polling_interval=min(5.0, settings.job_sweep_interval_s),
                         shutdown_graceful_timeout=settings.job_shutdown_grace_s,
                         update_heartbeat_interval=settings.job_stalled_after_s / 4,
                         stalled_worker_timeout=settings.job_stalled_after_s,
