@@ -8,6 +8,7 @@ import asyncio
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import asyncpg
@@ -72,11 +73,13 @@ async def test_a_job_cancelled_while_queued_never_runs(
     assert job["status"] == "CANCELLED"
     assert await jobs_db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
     with running_worker(jobs_url, jobs_data_dir, logs_dir):
-        later = await post_job(api, *MONTH)
+        later = await post_job(api, date(2025, 1, 1), date(2025, 1, 10))
         await wait_for_job(api, later, status_is("COMPLETED"))
     assert (await api.get(f"/jobs/{cancelled}")).json() == job
     assert await _attempts(jobs_db, cancelled) == 0  # never claimed by any run
     assert files_of(jobs_data_dir, cancelled) == []
+    written = await jobs_db.fetch("SELECT DISTINCT job_id, max(date) FROM settlements GROUP BY 1")
+    assert [tuple(row.values()) for row in written] == [(later, date(2025, 1, 10))]
 
 
 async def test_a_killed_worker_s_job_is_completed_by_another_worker(
