@@ -6,10 +6,11 @@ In one invocation, for each row count (in a scratch database created for the run
 2. The database's best single query over the same rows: GROUP BY merchant and UTC day, no ORDER
    BY, with default settings, raised work_mem, and raised work_mem without JIT; best of several.
 3. A real `flashsale serve` process (embedded worker): POST /jobs/settlement, poll GET /jobs/{id}
-   until COMPLETED (CSV written, settlements stored); several runs. The server's RSS is read from
-   /proc before (VmRSS) and after (VmHWM, the peak).
-The figures that matter are the ratio of (3) to the best of (2), measured in the same run on the
-same machine, and how time and memory change from one row count to the next.
+   until COMPLETED (CSV written, settlements stored). Each job run is paired with one more run of
+   the single query under its best setting, so that both see the same load on a shared machine.
+   The server's RSS is read from /proc before (VmRSS) and after (VmHWM, the peak).
+The figures that matter are the ratios job / single query (best to best, median to median), and
+how time and memory change from one row count to the next.
 """
 
 from __future__ import annotations
@@ -63,13 +64,9 @@ class Options:
 class Result:
     rows: int
     seed_s: float = 0.0
-    query_ms: dict[str, float] = field(default_factory=dict)
+    query_ms: list[float] = field(default_factory=list)  # the best setting, paired with jobs
     job_ms: dict[int, list[float]] = field(default_factory=dict)  # by JOB_WORKERS
     rss_growth_mb: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def best_query_ms(self) -> float:
-        return min(self.query_ms.values())
 
 
 def scratch_url(url: str) -> str:
@@ -143,6 +140,19 @@ async def best_single_query(url: str, repeat: int) -> dict[str, tuple[float, str
         finally:
             await conn.close()
     return results
+
+
+async def query_connection(url: str, setting: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(url)
+    for statement in SETTINGS[setting]:
+        await conn.execute(statement)
+    return conn
+
+
+async def time_query(conn: asyncpg.Connection) -> float:
+    started = time.perf_counter()
+    await conn.fetch(SINGLE_QUERY, *_range())
+    return (time.perf_counter() - started) * 1000
 
 
 async def explain(url: str, batch_size: int) -> str:
@@ -239,23 +249,25 @@ def _one_size(url: str, count: int, options: Options) -> Result:
         f"({count / result.seed_s:,.0f} rows/s); VACUUM ANALYZE {vacuum_s:.2f} s"
     )
     repeat = options.repeat
-    print(f"  the database's best single query (GROUP BY merchant, UTC day), best of {repeat}:")
-    for label, (ms, shape) in asyncio.run(best_single_query(url, repeat)).items():
-        result.query_ms[label] = ms
+    print(f"  the database's single query (GROUP BY merchant, UTC day), best of {repeat}:")
+    scan = asyncio.run(best_single_query(url, repeat))
+    for label, (ms, shape) in scan.items():
         print(f"    {label:26s} {ms:8.1f} ms   {shape}")
-    print(f"    best: {result.best_query_ms:.1f} ms")
+    setting = min(scan, key=lambda label: scan[label][0])
+    print(f"    best setting: {setting}")
     if options.show_plans:
         plans = asyncio.run(explain(url, options.batch_size))
         print("  plans:\n    " + plans.replace("\n", "\n    "))
     expected = asyncio.run(expected_totals(url))
     for workers in options.job_workers:
-        _jobs(url, result, workers, options, expected)
+        _jobs(url, result, workers, setting=setting, options=options, expected=expected)
     return result
 
 
 def _jobs(
-    url: str, result: Result, workers: int, options: Options, expected: tuple[int, int]
-) -> None:
+    url: str, result: Result, workers: int, *, setting: str, options: Options,
+    expected: tuple[int, int],
+) -> None:  # fmt: skip
     env = {
         "JOB_WORKERS": str(workers),
         "JOB_BATCH_SIZE": str(options.batch_size),
@@ -263,33 +275,26 @@ def _jobs(
     }
     print(
         f"  settlement job through `flashsale serve` (JOB_WORKERS={workers}, "
-        f"JOB_BATCH_SIZE={options.batch_size}), POST -> COMPLETED, "
-        f"polled every {POLL_S * 1000:.0f} ms:"
+        f"JOB_BATCH_SIZE={options.batch_size}), POST -> COMPLETED polled every "
+        f"{POLL_S * 1000:.0f} ms, each paired with the single query ({setting}):"
     )
     with (
         tempfile.TemporaryDirectory() as data_dir,
         serve(url, {**env, "DATA_DIR": data_dir}) as server,
     ):
         idle = memory_kb(server.process.pid)["VmRSS"]
-        timings = []
-        for attempt in range(1, options.runs + 1):
-            client_ms, server_ms, job = asyncio.run(run_job(server.url))
-            timings.append(client_ms)
-            got = (job["csv_lines"], job["total"])
-            check = "ok" if got == expected else f"MISMATCH: expected {expected}, got {got}"
-            print(
-                f"    run {attempt}: {client_ms:8.1f} ms  (created_at -> finished_at "
-                f"{server_ms:.1f} ms; {job['total']:,} transactions, {job['csv_lines']} "
-                f"lines: {check})"
-            )
+        jobs, queries = asyncio.run(_paired_runs(url, server.url, setting, options.runs, expected))
         peak = memory_kb(server.process.pid)["VmHWM"]
-    result.job_ms[workers] = timings
+    result.job_ms[workers] = jobs
+    result.query_ms += queries
     result.rss_growth_mb[workers] = (peak - idle) / 1024
-    median = statistics.median(timings)
-    best = result.best_query_ms
     print(
-        f"    best {min(timings):.1f} ms, median {median:.1f} ms; ratio to the best single "
-        f"query: {min(timings) / best:.2f} (best), {median / best:.2f} (median)"
+        f"    job: best {min(jobs):.1f} ms, median {statistics.median(jobs):.1f} ms; "
+        f"single query: best {min(queries):.1f} ms, median {statistics.median(queries):.1f} ms"
+    )
+    print(
+        f"    job / single query: {min(jobs) / min(queries):.2f} (best to best), "
+        f"{statistics.median(jobs) / statistics.median(queries):.2f} (median to median)"
     )
     print(
         f"    server RSS: idle {idle / 1024:.1f} MB, peak {peak / 1024:.1f} MB "
@@ -297,26 +302,53 @@ def _jobs(
     )
 
 
-def _summary(results: list[Result]) -> None:
-    print("\nsummary (job: median of the runs; ratio: job / best single query)")
-    header = ("rows", "JOB_WORKERS", "seed", "best query", "job", "ratio", "RSS growth")
-    print("  {:>12} {:>11} {:>8} {:>11} {:>10} {:>6} {:>11}".format(*header))
-    for result in results:
-        for workers, timings in result.job_ms.items():
-            median = statistics.median(timings)
+async def _paired_runs(
+    url: str, server_url: str, setting: str, runs: int, expected: tuple[int, int]
+) -> tuple[list[float], list[float]]:
+    conn = await query_connection(url, setting)
+    jobs, queries = [], []
+    try:
+        for attempt in range(1, runs + 1):
+            client_ms, server_ms, job = await run_job(server_url)
+            query_ms = await time_query(conn)
+            jobs.append(client_ms)
+            queries.append(query_ms)
+            got = (job["csv_lines"], job["total"])
+            check = "ok" if got == expected else f"MISMATCH: expected {expected}, got {got}"
             print(
-                f"  {result.rows:>12,} {workers:>11} {result.seed_s:>7.2f}s "
-                f"{result.best_query_ms:>9.1f}ms {median:>8.1f}ms "
-                f"{median / result.best_query_ms:>6.2f} {result.rss_growth_mb[workers]:>+9.1f}MB"
+                f"    run {attempt}: job {client_ms:8.1f} ms (created_at -> finished_at "
+                f"{server_ms:.1f} ms; {job['total']:,} transactions, {job['csv_lines']} lines: "
+                f"{check}); single query {query_ms:8.1f} ms"
+            )
+    finally:
+        await conn.close()
+    return jobs, queries
+
+
+def _summary(results: list[Result]) -> None:
+    print("\nsummary (ratio: job / single query, best to best and median to median)")
+    header = ("rows", "JOB_WORKERS", "seed", "query best", "job best", "ratio", "query med",
+              "job med", "ratio", "RSS growth")  # fmt: skip
+    print("  {:>11} {:>11} {:>7} {:>10} {:>9} {:>5} {:>9} {:>9} {:>5} {:>10}".format(*header))
+    for result in results:
+        query_best, query_median = min(result.query_ms), statistics.median(result.query_ms)
+        for workers, jobs in result.job_ms.items():
+            job_best, job_median = min(jobs), statistics.median(jobs)
+            print(
+                f"  {result.rows:>11,} {workers:>11} {result.seed_s:>6.2f}s {query_best:>8.1f}ms "
+                f"{job_best:>7.1f}ms {job_best / query_best:>5.2f} {query_median:>7.1f}ms "
+                f"{job_median:>7.1f}ms {job_median / query_median:>5.2f} "
+                f"{result.rss_growth_mb[workers]:>+8.1f}MB"
             )
     if len(results) > 1:
         first, last = results[0], results[-1]
-        query_growth = last.best_query_ms / first.best_query_ms
+        query_growth = statistics.median(last.query_ms) / statistics.median(first.query_ms)
         for workers in first.job_ms:
             job_growth = statistics.median(last.job_ms[workers]) / statistics.median(
                 first.job_ms[workers]
             )
             print(
                 f"  {last.rows:,} vs {first.rows:,} rows (x{last.rows / first.rows:g}), "
-                f"JOB_WORKERS={workers}: job time x{job_growth:.2f}, best query x{query_growth:.2f}"
+                f"JOB_WORKERS={workers}: job time x{job_growth:.2f}, single query "
+                f"x{query_growth:.2f} (medians)"
             )
