@@ -82,7 +82,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         job_worker = None
         if settings.embedded_worker and settings.web_concurrency > 1:
             os.environ["EMBEDDED_WORKER"] = "false"
-            job_worker = subprocess.Popen([sys.executable, "-m", "flashsale", "worker"])
+            job_worker = subprocess.Popen(
+                [sys.executable, "-m", "flashsale", "worker"],
+                env={**os.environ, "AUTO_MIGRATE": "false"},
+            )
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; absorb them so that we
         # return from run() and release the embedded PostgreSQL instead of dying mid-cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,20 +96,22 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=settings.server_port,
             workers=settings.web_concurrency,
         )
-        uvicorn.run(
-            "flashsale.app:create_app",
-            factory=True,
-            host=settings.server_host,
-            port=settings.server_port,
-            workers=settings.web_concurrency,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=30,
-        )
-        if job_worker is not None:
-            job_worker.terminate()  # SIGTERM: a graceful stop (JOB_SHUTDOWN_GRACE_S)
-            job_worker.wait()
+        try:
+            uvicorn.run(
+                "flashsale.app:create_app",
+                factory=True,
+                host=settings.server_host,
+                port=settings.server_port,
+                workers=settings.web_concurrency,
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=30,
+            )
+        finally:
+            if job_worker is not None:
+                job_worker.terminate()  # SIGTERM: a graceful stop (JOB_SHUTDOWN_GRACE_S)
+                job_worker.wait()
     finally:
         db.stop_embedded()
     log.info("server.exited")

@@ -298,6 +298,7 @@ def _jobs(
         idle = memory_kb(server.process.pid)["VmRSS"]
         jobs, queries = asyncio.run(_paired_runs(url, server.url, setting, options.runs, expected))
         peak = memory_kb(server.process.pid)["VmHWM"]
+        print(f"    cancel: {asyncio.run(cancel_latency(url, server.url, server.process.pid))}")
     result.job_ms[workers] = jobs
     result.query_ms += queries
     result.rss_growth_mb[workers] = (peak - idle) / 1024
@@ -336,6 +337,35 @@ async def _paired_runs(
     finally:
         await conn.close()
     return jobs, queries
+
+
+async def cancel_latency(url: str, base_url: str, server_pid: int) -> str:
+    """Cancel a job once it has stored progress; time until the server runs no query any more."""
+    conn = await asyncpg.connect(url)
+    busy = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'"
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+            body = {"from": FIRST_DAY.isoformat(), "to": LAST_DAY.isoformat()}
+            job_id = (await client.post("/jobs/settlement", json=body)).json()["job_id"]
+            while True:
+                job = (await client.get(f"/jobs/{job_id}")).json()
+                if job["processed"] or job["status"] not in ("QUEUED", "RUNNING"):
+                    break
+                await asyncio.sleep(0.001)
+            response = await client.post(f"/jobs/{job_id}/cancel")
+            cancelled = time.perf_counter()
+            if response.status_code != 200:
+                return "not measured: the job finished before it stored any progress"
+            while await conn.fetchval(busy, f"flashsale:{server_pid}"):
+                continue
+            stopped_ms = (time.perf_counter() - cancelled) * 1000
+            status = (await client.get(f"/jobs/{job_id}")).json()["status"]
+    finally:
+        await conn.close()
+    return (
+        f"at {job['progress']}% ({job['processed']:,} of {job['total']:,} rows), the server "
+        f"ran no more queries {stopped_ms:.1f} ms after the 200 (job {status})"
+    )
 
 
 def _summary(results: list[Result]) -> None:
