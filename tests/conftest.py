@@ -24,7 +24,7 @@ from tests.support import (
     running_server,
 )
 
-TABLES = "settlements, transactions, idempotency_keys, orders, products"
+TABLES = "settlement_jobs, settlements, transactions, idempotency_keys, orders, products"
 
 
 @pytest.fixture(scope="session")

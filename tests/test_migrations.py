@@ -7,7 +7,11 @@ import asyncpg
 from flashsale import migrations
 from tests.support import create_database, drop_database
 
-EXPECTED_TABLES = {"products", "orders", "idempotency_keys", "transactions", "settlements"}
+EXPECTED_TABLES = {
+    "products", "orders", "idempotency_keys", "transactions", "settlements", "settlement_jobs",
+    "procrastinate_jobs", "procrastinate_events", "procrastinate_periodic_defers",
+    "procrastinate_workers",
+}  # fmt: skip
 
 
 async def _tables(url: str) -> set[str]:

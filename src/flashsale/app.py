@@ -23,6 +23,8 @@ from flashsale.openapi import install_openapi
 from flashsale.orders.api import router as orders_router
 from flashsale.orders.coalescer import new_order_coalescer
 from flashsale.products.api import router as products_router
+from flashsale.settlement.api import router as settlement_router
+from flashsale.settlement.jobs import job_runtime
 
 log = structlog.get_logger()
 
@@ -42,7 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         log.info("app.started", version=__version__, pool_size=settings.db_pool_size)
         try:
-            async with metrics.sampling(app.state.database, app.state.order_coalescer):
+            async with (
+                metrics.sampling(app.state.database, app.state.order_coalescer),
+                # With EMBEDDED_WORKER, this process also runs settlement jobs (see `serve`).
+                job_runtime(settings, url, worker=settings.embedded_worker) as jobs,
+            ):
+                app.state.jobs = jobs
                 yield
         finally:
             if app.state.order_coalescer is not None:
@@ -64,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(products_router)
     app.include_router(orders_router)
+    app.include_router(settlement_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,10 +1,12 @@
-"""The `flashsale` command: serve | migrate | seed | bench."""
+"""The `flashsale` command: serve | worker | migrate | seed | bench."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -76,6 +78,15 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             migrations.upgrade(url)
         # Worker processes build their own app from the environment: give them this database.
         os.environ["DATABASE_URL"] = url
+        # Settlement jobs run in one worker per `serve`: in the server process itself, or with
+        # several server processes, in a `flashsale worker` process beside them.
+        job_worker = None
+        if settings.embedded_worker and settings.web_concurrency > 1:
+            os.environ["EMBEDDED_WORKER"] = "false"
+            job_worker = subprocess.Popen(
+                [sys.executable, "-m", "flashsale", "worker"],
+                env={**os.environ, "AUTO_MIGRATE": "false"},
+            )
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; absorb them so that we
         # return from run() and release the embedded PostgreSQL instead of dying mid-cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,21 +97,41 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=settings.server_port,
             workers=settings.web_concurrency,
         )
-        with metrics.multiprocess_directory(settings.web_concurrency):
-            uvicorn.run(
-                "flashsale.app:create_app",
-                factory=True,
-                host=settings.server_host,
-                port=settings.server_port,
-                workers=settings.web_concurrency,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=30,
-            )
+        try:
+            with metrics.multiprocess_directory(settings.web_concurrency):
+                uvicorn.run(
+                    "flashsale.app:create_app",
+                    factory=True,
+                    host=settings.server_host,
+                    port=settings.server_port,
+                    workers=settings.web_concurrency,
+                    log_config=None,
+                    access_log=False,
+                    server_header=False,
+                    timeout_graceful_shutdown=30,
+                )
+        finally:
+            if job_worker is not None:
+                job_worker.terminate()  # SIGTERM: a graceful stop (JOB_SHUTDOWN_GRACE_S)
+                job_worker.wait()
     finally:
         db.stop_embedded()
     log.info("server.exited")
+
+
+@main.command()
+def worker() -> None:
+    """Run settlement jobs (any number of these, on any hosts, against one database)."""
+    from flashsale.settlement.jobs import standalone_worker
+
+    settings = _settings()
+    url = _database_url(settings)
+    try:
+        if settings.auto_migrate:
+            migrations.upgrade(url)
+        asyncio.run(standalone_worker(settings, url))
+    finally:
+        db.stop_embedded()
 
 
 @main.group(invoke_without_command=True)
@@ -279,5 +310,48 @@ def bench_orders(
             batch_max=batch_max[0], pgbench_clients=pgbench_clients,
             pgbench_seconds=pgbench_seconds,
         )  # fmt: skip
+    finally:
+        db.stop_embedded()
+
+
+@bench.command("settlement")
+@click.option(
+    "--rows",
+    default="1000000",
+    show_default=True,
+    callback=_int_list,
+    help="Transaction counts to try, comma-separated (e.g. 1000000,10000000)",
+)
+@click.option("--merchants", default=10, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--job-workers",
+    default="8",
+    show_default=True,
+    callback=_int_list,
+    help="JOB_WORKERS values to try, comma-separated",
+)
+@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Runs of the single query per setting (the best counts)")  # fmt: skip
+@click.option("--explain", is_flag=True, help="Print EXPLAIN (ANALYZE, BUFFERS) plans")
+@click.option(
+    "--time-ordered", is_flag=True, help="Put the seeded rows in paid_at order on disk (CLUSTER)"
+)
+@click.option("--keep", is_flag=True, help="Keep the scratch database")
+def bench_settlement(
+    *, rows: list[int], merchants: int, runs: int, job_workers: list[int], batch_size: int,
+    repeat: int, explain: bool, time_ordered: bool, keep: bool,
+) -> None:  # fmt: skip
+    """A settlement job end to end vs the database's best single query; seed time, RSS."""
+    from flashsale.bench import settlement as settlement_bench
+
+    settings = _settings()
+    try:
+        options = settlement_bench.Options(
+            merchants=merchants, runs=runs, job_workers=job_workers, batch_size=batch_size,
+            repeat=repeat, show_plans=explain, time_ordered=time_ordered,
+        )  # fmt: skip
+        settlement_bench.run(_database_url(settings), rows=rows, options=options, keep=keep)
     finally:
         db.stop_embedded()

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     job_workers: Annotated[int, Field(ge=1, le=64)] = 8
     job_batch_size: Annotated[int, Field(ge=100, le=10_000_000)] = 10_000
     job_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 100
+    # Settlement job workers (procrastinate): where and how jobs run, and how failures are detected
+    embedded_worker: bool = True
+    job_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    job_shutdown_grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    job_stalled_after_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    job_sweep_interval_s: Annotated[int, Field(ge=1, le=60)] = 10
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

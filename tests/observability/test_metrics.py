@@ -243,6 +243,7 @@ def test_worker_metrics_server_serves_the_job_metrics() -> None:
     """`flashsale worker` processes expose the same registry on METRICS_PORT."""
     port = free_port()
     server = metrics.serve_worker_metrics(Settings(metrics_port=port))
+    assert server is not None
     try:
         before = Scrape(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
         metrics.record_job_finished("COMPLETED", 12.5)

@@ -8,7 +8,6 @@ Stock is exported for at most METRICS_STOCK_PRODUCTS products, the most recently
 
 from __future__ import annotations
 
-import asyncpg
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import GaugeMetricFamily
@@ -68,14 +67,11 @@ async def stock_families(conn: Connection, *, limit: int) -> list[Metric]:
 async def job_families(conn: Connection) -> list[Metric]:
     waiting = GaugeMetricFamily("flashsale_settlement_jobs_waiting", "Settlement jobs queued")
     running = GaugeMetricFamily("flashsale_settlement_jobs_running", "Settlement jobs running")
-    try:
-        counts = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'QUEUED') AS waiting, "
-            "count(*) FILTER (WHERE status = 'RUNNING') AS running "
-            "FROM settlement_jobs WHERE status IN ('QUEUED', 'RUNNING')"
-        )
-    except asyncpg.UndefinedTableError:  # before the settlement migration: no samples
-        return [waiting, running]
+    counts = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE status = 'QUEUED') AS waiting, "
+        "count(*) FILTER (WHERE status = 'RUNNING') AS running "
+        "FROM settlement_jobs WHERE status IN ('QUEUED', 'RUNNING')"
+    )
     assert counts is not None
     waiting.add_metric([], counts["waiting"])
     running.add_metric([], counts["running"])

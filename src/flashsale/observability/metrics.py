@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 
     from flashsale.config import Settings
     from flashsale.db import Database
+
+log = structlog.get_logger()
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client chose in-memory or file-backed values by this same test, at its import.
@@ -270,10 +273,12 @@ def record_error(scope: Scope, code: str) -> None:
         counter.inc()
 
 
-def record_job_finished(status: str, seconds: float) -> None:
-    """Settlement: once per job, with its final status (COMPLETED, FAILED or CANCELLED)."""
+def record_job_finished(status: str, seconds: float | None) -> None:
+    """Settlement: once per job, with its final status (COMPLETED, FAILED or CANCELLED) and how
+    long it ran (None for a job cancelled before it started)."""
     SETTLEMENT_JOBS.labels(status).inc()
-    SETTLEMENT_JOB_DURATION.labels(status).observe(seconds)
+    if seconds is not None:
+        SETTLEMENT_JOB_DURATION.labels(status).observe(seconds)
 
 
 def record_transactions_processed(count: int) -> None:
@@ -380,12 +385,17 @@ def render(extra: Iterable[Metric] = ()) -> bytes:
     return generate_latest(_Scrape(extra))
 
 
-def serve_worker_metrics(settings: Settings) -> WSGIServer:
+def serve_worker_metrics(settings: Settings) -> WSGIServer | None:
     """`flashsale worker`: serve this process's metrics on METRICS_PORT from a daemon thread
-    (`shutdown()` the returned server to stop it)."""
-    server, _ = start_http_server(
-        settings.metrics_port, settings.server_host, registry=scrape_registry()
-    )
+    (`shutdown()` the returned server to stop it). A port already taken (another worker on the
+    same host) costs the metrics endpoint, not the worker: it is logged and None is returned."""
+    try:
+        server, _ = start_http_server(
+            settings.metrics_port, settings.server_host, registry=scrape_registry()
+        )
+    except OSError as exc:
+        log.warning("metrics.port_unavailable", port=settings.metrics_port, error=str(exc))
+        return None
     return server
 
 

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Annotated, Literal, Self
+from uuid import UUID
+
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+
+from flashsale.schemas import RequestBody
+
+JobStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+UNFINISHED: tuple[JobStatus, ...] = ("QUEUED", "RUNNING")
+MAX_RANGE_DAYS = 366
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_JOB_ID = re.compile(r"job_([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+def job_key(job_id: UUID) -> str:
+    """The public job id, `job_<uuid>`: also the job's lock name in the task queue."""
+    return f"job_{job_id}"
+
+
+def parse_job_key(text: str) -> UUID | None:
+    """The UUID of a well-formed public job id (canonical lowercase form only), else None."""
+    match = _JOB_ID.fullmatch(text)
+    return UUID(match.group(1)) if match else None
+
+
+def csv_name(job_id: UUID) -> str:
+    return f"{job_key(job_id)}.csv"
+
+
+def _day(value: object) -> object:
+    """Exactly `YYYY-MM-DD` (no timestamps, no numbers), and a real calendar day."""
+    if isinstance(value, str) and _DAY.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a date as YYYY-MM-DD")
+
+
+Day = Annotated[date, BeforeValidator(_day)]
+
+
+class SettlementJobCreate(RequestBody):
+    from_: Day = Field(alias="from", description="First UTC day, inclusive")
+    to: Day = Field(description="Last UTC day, inclusive")
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> Self:
+        if self.from_ > self.to:
+            raise ValueError("'from' must not be after 'to'")
+        if (self.to - self.from_).days + 1 > MAX_RANGE_DAYS:
+            raise ValueError(f"the range must cover at most {MAX_RANGE_DAYS} days")
+        return self
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class SettlementJob(BaseModel):
+    job_id: str
+    status: JobStatus
+    progress: float = Field(description="0-100: processed / total, 100 once COMPLETED")
+    processed: int
+    total: int | None = Field(description="Matching transactions; known once the job runs")
+    from_: date = Field(serialization_alias="from")
+    to: date
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    download_url: str | None = Field(default=None, exclude_if=_absent)
+    error: str | None = Field(default=None, exclude_if=_absent)
+
+
+class SettlementJobList(BaseModel):
+    jobs: list[SettlementJob]
+    limit: int
+
+
+class CancelRequested(BaseModel):
+    message: Literal["Job cancellation requested"] = "Job cancellation requested"
