@@ -61,6 +61,29 @@ async def test_product_writes_with_the_key_succeed(secured: httpx.AsyncClient) -
     assert created.status_code == 201
 
 
+async def test_jobs_and_downloads_need_the_key(secured: httpx.AsyncClient) -> None:
+    job_id = "job_00000000-0000-4000-8000-000000000000"
+    wrong = {"Authorization": "Bearer wrong"}
+    calls = [
+        secured.post("/jobs/settlement", json={"from": "2025-01-01", "to": "2025-01-02"}),
+        secured.get("/jobs"),
+        secured.get(f"/jobs/{job_id}", headers=wrong),
+        secured.post(f"/jobs/{job_id}/cancel"),
+        secured.get(f"/downloads/{job_id}.csv", headers=wrong),
+    ]
+    for response in [await call for call in calls]:
+        assert response.status_code == 401, response.request.url
+        assert response.json()["error"]["code"] == "UNAUTHORIZED"
+
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    accepted = await secured.post(
+        "/jobs/settlement", json={"from": "2025-01-01", "to": "2025-01-02"}, headers=key
+    )
+    assert accepted.status_code == 202
+    assert (await secured.get(f"/jobs/{job_id}", headers=key)).status_code == 404
+    assert (await secured.get(f"/downloads/{job_id}.csv", headers=key)).status_code == 404
+
+
 async def test_the_storefront_stays_open(secured: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     product = await make_product(pool)
 

@@ -32,6 +32,8 @@ from tests.support import LiveServer
         {"from": None, "to": "2025-01-31"},
         {"from": "2025-01-01", "to": "2025-01-31", "merchant": "merchant_001"},
         ["2025-01-01", "2025-01-31"],
+        {"from": "0001-01-01", "to": "0001-12-31"},  # found by the fuzz run: was a 500
+        {"from": "9999-12-31", "to": "9999-12-31"},
     ],
 )
 async def test_invalid_ranges_are_400_and_queue_nothing(

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from flashsale.config import Settings
-from flashsale.deps import Db
+from flashsale.deps import AdminOnly, Db
 from flashsale.errors import ErrorEnvelope
 from flashsale.observability import metrics
 from flashsale.schemas import Limit
@@ -26,7 +26,14 @@ from flashsale.settlement.schemas import (
 
 log = structlog.get_logger()
 
-router = APIRouter(tags=["settlement"])
+# The admin side: every route here needs the API key when API_KEY is set.
+router = APIRouter(
+    tags=["settlement"],
+    dependencies=[AdminOnly],
+    responses={
+        401: {"model": ErrorEnvelope, "description": "API key required (when API_KEY is set)"}
+    },
+)
 
 JobId = Annotated[str, Path(description="Job id, job_<uuid>")]
 

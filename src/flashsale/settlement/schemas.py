@@ -32,13 +32,23 @@ def csv_name(job_id: UUID) -> str:
     return f"{job_key(job_id)}.csv"
 
 
+# The extremes are not ordinary days to the driver (asyncpg sends date.min and date.max as
+# -infinity and infinity), and the range's end is `to` + 1 day: keep well inside both.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9999, 12, 30)
+
+
 def _day(value: object) -> object:
-    """Exactly `YYYY-MM-DD` (no timestamps, no numbers), and a real calendar day."""
+    """Exactly `YYYY-MM-DD` (no timestamps, no numbers), a real calendar day, 1970-9999."""
     if isinstance(value, str) and _DAY.fullmatch(value):
         try:
-            return date.fromisoformat(value)
+            day = date.fromisoformat(value)
         except ValueError:
             pass
+        else:
+            if FIRST_DAY <= day <= LAST_DAY:
+                return day
+            raise ValueError(f"must be between {FIRST_DAY} and {LAST_DAY}")
     raise ValueError("must be a date as YYYY-MM-DD")
 
 
