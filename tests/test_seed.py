@@ -46,6 +46,11 @@ async def test_seed_loads_transactions_deterministically(
 
     assert "loaded 30,000" in output
     assert first == second
+    # Written in paid_at order, as recorded payments are (one chunk here: fully sorted).
+    assert await pool.fetchval(
+        "SELECT bool_and(paid_at >= previous) FROM (SELECT paid_at, lag(paid_at) OVER (ORDER BY id)"
+        " AS previous FROM transactions WHERE status = 'COMPLETED') AS ordered"
+    )
     assert first["fingerprint"] != other_seed["fingerprint"]
     assert first["n"] == 30_000
     assert first["merchants"] == 7

@@ -217,14 +217,14 @@ def seed(
         if products:
             ids = await seeding.create_demo_products(conn, count=products, stock=stock, price=price)
             click.echo(f"products: created {len(ids)} (ids {ids[0]}..{ids[-1]})")
-        if reset:
+        if reset and not transactions:
             await conn.execute("TRUNCATE transactions")
         if transactions:
             started = time.perf_counter()
             with tqdm(
                 total=transactions, unit="rows", unit_scale=True, desc="transactions", disable=None
             ) as bar:
-                await seeding.copy_transactions(conn, spec, on_progress=bar.update)
+                await seeding.copy_transactions(conn, spec, replace=reset, on_progress=bar.update)
             elapsed = time.perf_counter() - started
             click.echo(
                 f"transactions: loaded {transactions:,} in {elapsed:.2f} s "
@@ -335,13 +335,10 @@ def bench_orders(
 @click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 100),
               help="Runs of the single query per setting (the best counts)")  # fmt: skip
 @click.option("--explain", is_flag=True, help="Print EXPLAIN (ANALYZE, BUFFERS) plans")
-@click.option(
-    "--time-ordered", is_flag=True, help="Put the seeded rows in paid_at order on disk (CLUSTER)"
-)
 @click.option("--keep", is_flag=True, help="Keep the scratch database")
 def bench_settlement(
     *, rows: list[int], merchants: int, runs: int, job_workers: list[int], batch_size: int,
-    repeat: int, explain: bool, time_ordered: bool, keep: bool,
+    repeat: int, explain: bool, keep: bool,
 ) -> None:  # fmt: skip
     """A settlement job end to end vs the database's best single query; seed time, RSS."""
     from flashsale.bench import settlement as settlement_bench
@@ -350,7 +347,7 @@ def bench_settlement(
     try:
         options = settlement_bench.Options(
             merchants=merchants, runs=runs, job_workers=job_workers, batch_size=batch_size,
-            repeat=repeat, show_plans=explain, time_ordered=time_ordered,
+            repeat=repeat, show_plans=explain,
         )  # fmt: skip
         settlement_bench.run(_database_url(settings), rows=rows, options=options, keep=keep)
     finally:

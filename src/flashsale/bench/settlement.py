@@ -1,10 +1,8 @@
 """`flashsale bench settlement`: a settlement job end to end against the database's own best.
 
 In one invocation, for each row count (in a scratch database created for the run, dropped after):
-1. Seed N transactions over one month with the seeder's binary COPY (timed), VACUUM ANALYZE
-   (index-only scans need the visibility map). The seeder writes rows in random `paid_at`
-   order; `--time-ordered` then puts them in `paid_at` order on disk (CLUSTER), as payments
-   recorded as they happen would be, which is what the job's index-only scans favour.
+1. Seed N transactions over one month with the seeder's binary COPY (timed; rows in `paid_at`
+   order, as payments recorded as they happen are, written frozen), then VACUUM ANALYZE.
 2. The database's best single query over the same rows: GROUP BY merchant and UTC day, no ORDER
    BY, with default settings, raised work_mem, and raised work_mem without JIT; best of several.
 3. A real `flashsale serve` process (embedded worker): POST /jobs/settlement, poll GET /jobs/{id}
@@ -60,7 +58,6 @@ class Options:
     batch_size: int
     repeat: int
     show_plans: bool
-    time_ordered: bool
 
 
 @dataclass
@@ -89,23 +86,17 @@ def _database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
 
-async def seed(url: str, rows: int, merchants: int, *, time_ordered: bool) -> tuple[float, float]:
-    """Empty the table, COPY `rows` transactions, VACUUM ANALYZE (after putting the rows in
-    `paid_at` order on disk if `time_ordered`); the seeding time and the rest."""
+async def seed(url: str, rows: int, merchants: int) -> tuple[float, float]:
+    """Replace the table's rows with `rows` transactions (COPY), VACUUM ANALYZE; the seeding
+    time and the vacuum's."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE transactions, settlements, settlement_jobs")
+        await conn.execute("TRUNCATE settlements, settlement_jobs")
         spec = seeding.TransactionSpec(rows, merchants, FIRST_DAY, LAST_DAY, seed=42)
         started = time.perf_counter()
-        await seeding.copy_transactions(conn, spec)
+        await seeding.copy_transactions(conn, spec, replace=True)
         seeded = time.perf_counter() - started
         started = time.perf_counter()
-        if (
-            time_ordered
-        ):  # as payments recorded as they happen would be (CLUSTER needs a full index)
-            await conn.execute("CREATE INDEX bench_paid_at ON transactions (paid_at)")
-            await conn.execute("CLUSTER transactions USING bench_paid_at")
-            await conn.execute("DROP INDEX bench_paid_at")
         await conn.execute("VACUUM ANALYZE transactions")
         return seeded, time.perf_counter() - started
     finally:
@@ -253,13 +244,10 @@ def run(url: str, *, rows: list[int], options: Options, keep: bool) -> None:
 def _one_size(url: str, count: int, options: Options) -> Result:
     result = Result(count)
     print(f"\n{count:,} transactions")
-    result.seed_s, after_s = asyncio.run(
-        seed(url, count, options.merchants, time_ordered=options.time_ordered)
-    )
-    after = "CLUSTER by paid_at + VACUUM ANALYZE" if options.time_ordered else "VACUUM ANALYZE"
+    result.seed_s, after_s = asyncio.run(seed(url, count, options.merchants))
     print(
         f"  seed (binary COPY + ANALYZE): {result.seed_s:.2f} s "
-        f"({count / result.seed_s:,.0f} rows/s); {after} {after_s:.2f} s"
+        f"({count / result.seed_s:,.0f} rows/s); VACUUM ANALYZE {after_s:.2f} s"
     )
     repeat = options.repeat
     print(f"  the database's single query (GROUP BY merchant, UTC day), best of {repeat}:")
