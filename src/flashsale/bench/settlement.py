@@ -273,6 +273,8 @@ def _jobs(
         "JOB_WORKERS": str(workers),
         "JOB_BATCH_SIZE": str(options.batch_size),
         "LOG_LEVEL": "warning",
+        # One process serves and runs the job (embedded worker): its RSS is the job's memory.
+        "WEB_CONCURRENCY": "1",
     }
     print(
         f"  settlement job through `flashsale serve` (JOB_WORKERS={workers}, "
