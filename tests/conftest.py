@@ -14,13 +14,11 @@ import asyncpg
 import httpx
 import pytest
 
-from flashsale import migrations
 from tests.support import (
     EmbeddedPostgres,
     LiveServer,
-    create_database,
-    drop_database,
     http_client,
+    migrated_database,
     running_server,
 )
 
@@ -46,10 +44,8 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def database_url(admin_url: str) -> AsyncIterator[str]:
-    url = await create_database(admin_url)
-    migrations.upgrade(url)
-    yield url
-    await drop_database(admin_url, url)
+    async with migrated_database(admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
+from flashsale import migrations
 from flashsale.db import import_pgserver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,29 @@ async def drop_database(admin_url: str, url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(admin_url: str, prefix: str = "flashsale_test") -> AsyncIterator[str]:
+    """A new database on `admin_url`'s server, at the newest migration; dropped afterwards."""
+    url = await create_database(admin_url, prefix)
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        await drop_database(admin_url, url)
+
+
+def spawn(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m flashsale <command>` with `env` on top of ours, its output in `log_path`."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flashsale", command],
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
 
 
 class EmbeddedPostgres:
@@ -100,7 +124,6 @@ def start_server(database_url: str, log_dir: Path, **env: str) -> LiveServer:
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     environment = {
-        **os.environ,
         "DATABASE_URL": database_url,
         "SERVER_HOST": "127.0.0.1",
         "SERVER_PORT": str(port),
@@ -111,14 +134,7 @@ def start_server(database_url: str, log_dir: Path, **env: str) -> LiveServer:
         "DATA_DIR": str(log_dir / f"data-{port}"),
         **env,
     }
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flashsale", "serve"],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    process = spawn("serve", environment, log_path)
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

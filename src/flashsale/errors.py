@@ -33,6 +33,14 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+def documented(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry: this description, with the error envelope as the body."""
+    return {"model": ErrorEnvelope, "description": description}
+
+
+UNAUTHORIZED_DOC = documented("API key required (UNAUTHORIZED, when API_KEY is set)")
+
+
 class AppError(Exception):
     """Base of every error a service raises; subclasses fix the status and code."""
 

@@ -14,16 +14,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from flashsale import migrations
-from tests.support import LiveServer, create_database, drop_database, running_server
+from tests.support import LiveServer, migrated_database, running_server
 
 
 @pytest.fixture(scope="session")
 async def jobs_url(admin_url: str) -> AsyncIterator[str]:
-    url = await create_database(admin_url, prefix="flashsale_jobs")
-    migrations.upgrade(url)
-    yield url
-    await drop_database(admin_url, url)
+    async with migrated_database(admin_url, prefix="flashsale_jobs") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime
@@ -19,7 +17,7 @@ import httpx
 
 from flashsale import seeding
 from flashsale.settlement.service import WRITE_LOCK
-from tests.support import ROOT
+from tests.support import spawn
 
 Job = dict[str, Any]
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
@@ -245,7 +243,6 @@ def running_worker(
     """A `flashsale worker` process; SIGTERM (then SIGKILL) at the end if still running."""
     log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
     environment = {
-        **os.environ,
         "DATABASE_URL": database_url,
         "DATA_DIR": str(data_dir),
         "AUTO_MIGRATE": "false",
@@ -253,14 +250,7 @@ def running_worker(
         **FAST_RECOVERY,
         **env,
     }
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flashsale", "worker"],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    process = spawn("worker", environment, log_path)
     try:
         yield process
     finally:

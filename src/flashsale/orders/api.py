@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from flashsale.db import Database
 from flashsale.deps import Db
-from flashsale.errors import ErrorEnvelope
+from flashsale.errors import documented
 from flashsale.observability import metrics
 from flashsale.orders import service
 from flashsale.orders.coalescer import OrderCoalescer
@@ -17,19 +17,15 @@ from flashsale.schemas import Limit, Offset, RowId
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 
-def _error(description: str) -> dict[str, object]:
-    return {"model": ErrorEnvelope, "description": description}
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     responses={
-        400: _error("Invalid body or Idempotency-Key (VALIDATION_ERROR)"),
-        404: _error("Product not found (PRODUCT_NOT_FOUND)"),
-        409: _error("OUT_OF_STOCK, or IDEMPOTENCY_KEY_IN_USE while the first request runs"),
-        422: _error("Idempotency-Key reused with a different body (IDEMPOTENCY_KEY_REUSED)"),
-        503: _error(
+        400: documented("Invalid body or Idempotency-Key (VALIDATION_ERROR)"),
+        404: documented("Product not found (PRODUCT_NOT_FOUND)"),
+        409: documented("OUT_OF_STOCK, or IDEMPOTENCY_KEY_IN_USE while the first request runs"),
+        422: documented("Idempotency-Key reused with a different body (IDEMPOTENCY_KEY_REUSED)"),
+        503: documented(
             "DATABASE_UNAVAILABLE, DATABASE_TIMEOUT, ORDERS_BUSY (too many orders waiting) or "
             "ORDER_BATCH_FAILED (nothing recorded); retry after Retry-After"
         ),
@@ -73,7 +69,7 @@ async def create_order(
 
 @router.get(
     "",
-    responses={400: _error("Invalid paging or filter parameters")},
+    responses={400: documented("Invalid paging or filter parameters")},
     summary="List orders, newest first",
 )
 async def list_orders(
@@ -92,7 +88,7 @@ async def list_orders(
 
 @router.get(
     "/{order_id}",
-    responses={400: _error("Malformed order id"), 404: _error("Order not found")},
+    responses={400: documented("Malformed order id"), 404: documented("Order not found")},
     summary="Get an order with its product",
 )
 async def get_order(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from flashsale.deps import AdminOnly, Db
-from flashsale.errors import ErrorEnvelope, ValidationFailed
+from flashsale.errors import UNAUTHORIZED_DOC, ValidationFailed, documented
 from flashsale.products import service
 from flashsale.products.schemas import Product, ProductCreate, ProductList, ProductUpdate
 from flashsale.schemas import Limit, Offset, RowId
@@ -17,10 +17,9 @@ ProductId = Annotated[RowId, Path(description="Product id")]
 # An ETag as we send it ("3", optionally weak), or the bare version number.
 _ETAG = re.compile(r'^\s*(?:W/)?(?:"(\d{1,18})"|(\d{1,18}))\s*$')
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorEnvelope, "description": "Invalid request"},
-    404: {"model": ErrorEnvelope, "description": "Product not found"},
+    400: documented("Invalid request (VALIDATION_ERROR)"),
+    404: documented("Product not found (PRODUCT_NOT_FOUND)"),
 }
-_UNAUTHORIZED = {"model": ErrorEnvelope, "description": "API key required (when API_KEY is set)"}
 
 
 def _etag(product: Product) -> str:
@@ -40,7 +39,7 @@ def _parse_if_match(value: str) -> int:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={400: _ERRORS[400], 401: _UNAUTHORIZED},
+    responses={400: _ERRORS[400], 401: UNAUTHORIZED_DOC},
     dependencies=[AdminOnly],
     summary="Create a product",
 )
@@ -73,9 +72,9 @@ async def get_product(product_id: ProductId, database: Db, response: Response) -
     "/{product_id}",
     responses={
         **_ERRORS,
-        401: _UNAUTHORIZED,
-        412: {"model": ErrorEnvelope, "description": "Stale version (VERSION_CONFLICT)"},
-        428: {"model": ErrorEnvelope, "description": "If-Match header missing"},
+        401: UNAUTHORIZED_DOC,
+        412: documented("Stale version (VERSION_CONFLICT)"),
+        428: documented("If-Match header missing (PRECONDITION_REQUIRED)"),
     },
     dependencies=[AdminOnly],
     summary="Change name, price or stock under optimistic locking",

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 
 from flashsale.config import Settings
 from flashsale.deps import AdminOnly, Db
-from flashsale.errors import ErrorEnvelope
+from flashsale.errors import UNAUTHORIZED_DOC, documented
 from flashsale.observability import metrics
 from flashsale.schemas import Limit
 from flashsale.settlement import service
@@ -30,9 +30,7 @@ log = structlog.get_logger()
 router = APIRouter(
     tags=["settlement"],
     dependencies=[AdminOnly],
-    responses={
-        401: {"model": ErrorEnvelope, "description": "API key required (when API_KEY is set)"}
-    },
+    responses={401: UNAUTHORIZED_DOC},
 )
 
 JobId = Annotated[str, Path(description="Job id, job_<uuid>")]
@@ -52,16 +50,12 @@ Jobs = Annotated[JobRuntime, Depends(_jobs)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-def _error(description: str) -> dict[str, object]:
-    return {"model": ErrorEnvelope, "description": description}
-
-
 @router.post(
     "/jobs/settlement",
     status_code=status.HTTP_202_ACCEPTED,
     responses={
-        400: _error("Invalid dates or range (VALIDATION_ERROR)"),
-        503: _error("JOB_QUEUE_SIZE jobs are already waiting (JOB_QUEUE_FULL)"),
+        400: documented("Invalid dates or range (VALIDATION_ERROR)"),
+        503: documented("JOB_QUEUE_SIZE jobs are already waiting (JOB_QUEUE_FULL)"),
     },
     summary="Queue a settlement job for the UTC days from..to (inclusive)",
 )
@@ -82,7 +76,7 @@ async def create_settlement_job(
     return JobAccepted(job_id=job.job_id, status=job.status)
 
 
-@router.get("/jobs", responses={400: _error("Invalid limit or status")}, summary="Recent jobs")
+@router.get("/jobs", responses={400: documented("Invalid limit or status")}, summary="Recent jobs")
 async def list_jobs(
     database: Db,
     limit: Annotated[Limit, Query()] = 20,
@@ -95,7 +89,7 @@ async def list_jobs(
 
 @router.get(
     "/jobs/{job_id}",
-    responses={404: _error("No such job (JOB_NOT_FOUND)")},
+    responses={404: documented("No such job (JOB_NOT_FOUND)")},
     summary="A job's status and progress",
 )
 async def get_job(job_id: JobId, database: Db) -> SettlementJob:
@@ -109,8 +103,8 @@ async def get_job(job_id: JobId, database: Db) -> SettlementJob:
 @router.post(
     "/jobs/{job_id}/cancel",
     responses={
-        404: _error("No such job (JOB_NOT_FOUND)"),
-        409: _error("The job has already finished (JOB_NOT_CANCELLABLE)"),
+        404: documented("No such job (JOB_NOT_FOUND)"),
+        409: documented("The job has already finished (JOB_NOT_CANCELLABLE)"),
     },
     summary="Cancel a QUEUED or RUNNING job: it writes no settlements and no CSV",
 )
@@ -133,7 +127,7 @@ async def cancel_job(job_id: JobId, database: Db, jobs: Jobs) -> CancelRequested
     response_class=FileResponse,
     responses={
         200: {"content": {"text/csv": {}}, "description": "The settlement CSV"},
-        404: _error("No such file (FILE_NOT_FOUND)"),
+        404: documented("No such file (FILE_NOT_FOUND)"),
     },
     summary="Download a completed job's CSV",
 )
