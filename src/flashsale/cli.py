@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import date
@@ -83,10 +84,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         job_worker = None
         if settings.embedded_worker and settings.web_concurrency > 1:
             os.environ["EMBEDDED_WORKER"] = "false"
-            job_worker = subprocess.Popen(
-                [sys.executable, "-m", "flashsale", "worker"],
-                env={**os.environ, "AUTO_MIGRATE": "false"},
-            )
+            job_worker = SupervisedWorker({**os.environ, "AUTO_MIGRATE": "false"})
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; absorb them so that we
         # return from run() and release the embedded PostgreSQL instead of dying mid-cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,11 +110,46 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
                 )
         finally:
             if job_worker is not None:
-                job_worker.terminate()  # SIGTERM: a graceful stop (JOB_SHUTDOWN_GRACE_S)
-                job_worker.wait()
+                job_worker.stop()
     finally:
         db.stop_embedded()
     log.info("server.exited")
+
+
+class SupervisedWorker:
+    """The `flashsale worker` process beside several server processes, restarted if it dies
+    (its jobs are then requeued by the sweep, as for any lost worker)."""
+
+    RESTART_DELAY_S = 1.0
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._env = env
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._process = self._start()
+        threading.Thread(target=self._watch, name="job-worker-supervisor", daemon=True).start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "flashsale", "worker"], env=self._env)
+
+    def _watch(self) -> None:
+        while True:
+            code = self._process.wait()
+            if self._stopping.wait(self.RESTART_DELAY_S):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                log.error("worker.restarted", exit_code=code)
+                self._process = self._start()
+
+    def stop(self) -> None:
+        """SIGTERM: a graceful stop (JOB_SHUTDOWN_GRACE_S); no restart after it."""
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        process.terminate()
+        process.wait()
 
 
 @main.command()

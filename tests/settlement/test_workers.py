@@ -5,6 +5,7 @@ where only the workers these tests start run jobs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -178,6 +179,35 @@ async def test_several_server_processes_share_one_job_worker(
     assert await jobs_db.fetchval("SELECT count(*) FROM procrastinate_workers") == 0
     ours = [pid for pid, command in children.items() if "resource_tracker" not in command]
     assert _alive(ours) == []
+
+
+async def test_the_job_worker_beside_several_server_processes_is_restarted_when_it_dies(
+    jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path, logs_dir: Path
+) -> None:
+    await seed(jobs_db, 2_000, *MONTH)
+
+    with running_server(
+        jobs_url, logs_dir, WEB_CONCURRENCY="2", DATA_DIR=str(jobs_data_dir), **FAST_RECOVERY
+    ) as server:
+
+        def job_workers() -> list[int]:
+            children = _children(server.process.pid)
+            return [
+                pid for pid, command in children.items() if command.endswith("flashsale worker")
+            ]
+
+        [first] = job_workers()
+        os.kill(first, signal.SIGKILL)
+
+        async def replaced() -> bool:
+            workers = job_workers()
+            return len(workers) == 1 and workers[0] != first
+
+        await eventually(replaced, "a new job worker")
+        async with http_client(server.url) as client:
+            job = await run_job(client, *MONTH)
+            assert await downloaded_rows(client, job) == await expected_csv(jobs_db, *MONTH)
+    assert "worker.restarted" in server.log()
 
 
 async def test_the_embedded_worker_runs_jobs_again_after_a_database_outage(
