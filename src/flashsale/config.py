@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     order_batch_max: Annotated[int, Field(ge=1, le=10_000)] = 256
     order_queue_max_per_product: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     order_queue_max_total: Annotated[int, Field(ge=1, le=10_000_000)] = 16384
+    # Sold-out fast path (orders/sold_out.py): how long a process may answer 409 for a sold-out
+    # product without asking the database; a restock reaches every process at once by
+    # LISTEN/NOTIFY, this is the bound if a notification is lost. 0 turns the fast path off.
+    sold_out_cache_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
     # Settlement jobs (seed semantics)
     job_workers: Annotated[int, Field(ge=1, le=64)] = 8

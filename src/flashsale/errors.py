@@ -6,6 +6,7 @@ comes from a service (an `AppError`), request validation, routing, or an unexpec
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from flashsale.observability import metrics
 from flashsale.observability.middleware import current_request_id
@@ -131,16 +133,18 @@ def error_response(error: AppError, headers: dict[str, str] | None = None) -> JS
     )
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
+def validation_failed(errors: Iterable[Mapping[str, Any]]) -> ValidationFailed:
+    """A 400 naming each invalid field, from pydantic's (or FastAPI's) list of errors."""
     details = []
-    for err in exc.errors():
+    for err in errors:
         location = [str(part) for part in err.get("loc", ()) if part != "body"]
         field = ".".join(location) or "body"
         message = str(err.get("msg", "invalid value"))
         if err.get("type") == "extra_forbidden":
             message = "Unknown field"
         details.append({"field": field, "message": message})
-    return details
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+    return ValidationFailed(f"Invalid request: {summary}", details=details)
 
 
 _STATUS_CODES: dict[int, type[AppError]] = {
@@ -152,30 +156,27 @@ _STATUS_CODES: dict[int, type[AppError]] = {
 }
 
 
-def _respond(
-    request: Request, error: AppError, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    metrics.record_error(request.scope, error.code)
+def respond(scope: Scope, error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The response for `error` to the request in `scope`, counted in the metrics."""
+    metrics.record_error(scope, error.code)
     return error_response(error, headers)
 
 
 async def _on_app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return _respond(request, exc)
+    return respond(request.scope, exc)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = _validation_details(exc)
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-    return _respond(request, ValidationFailed(f"Invalid request: {summary}", details=details))
+    return respond(request.scope, validation_failed(exc.errors()))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     known = _STATUS_CODES.get(exc.status_code)
     error = known() if known else HttpError(exc.status_code, str(exc.detail))
-    return _respond(request, error, headers=dict(exc.headers) if exc.headers else None)
+    return respond(request.scope, error, headers=dict(exc.headers) if exc.headers else None)
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

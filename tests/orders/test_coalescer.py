@@ -44,7 +44,14 @@ def new_coalescer(database: Database, **bounds: int) -> tuple[OrderCoalescer, li
     """A coalescer and the list of its batch sizes, in order."""
     sizes: list[int] = []
     settings = {"batch_max": 100, "max_waiting_per_product": 100, "max_total": 1000, **bounds}
-    coalescer = OrderCoalescer(database, idempotency_ttl_s=3600, on_batch=sizes.append, **settings)
+    coalescer = OrderCoalescer(
+        database,
+        batch_max=settings["batch_max"],
+        max_waiting_per_product=settings["max_waiting_per_product"],
+        max_total=settings["max_total"],
+        idempotency_ttl_s=3600,
+        on_batch=sizes.append,
+    )
     return coalescer, sizes
 
 

@@ -47,11 +47,8 @@ async def _run(
         async def place(index: int, quantity: int) -> bool:
             body = OrderCreate(product_id=product_ids[index], quantity=quantity, buyer_id="prop")
             async with pool.acquire() as conn:
-                try:
-                    await service.place_order(conn, data=body)
-                except AppError:
-                    return False
-                return True
+                placement = await service.place_order(conn, request=OrderRequest.of(body, None))
+            return not isinstance(placement.outcomes[0], AppError)
 
         results = await asyncio.gather(*(place(i, q) for i, q in orders))
 

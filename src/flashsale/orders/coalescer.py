@@ -19,6 +19,9 @@ arrival. Idempotency keys:
 - everything else (stored records, keys held by other processes) is decided inside the database
   function with the same advisory lock and lookup as a single keyed order.
 
+A product the batch left at stock 0 is marked in the process's sold-out cache (`sold_out.py`);
+its later unkeyed orders are refused before they queue.
+
 The batch commits for all its members or for none: if its statement fails, every member gets a
 503 and nothing is written. A caller cancelled while waiting (client gone) leaves its queue; one
 cancelled while its batch is in flight does not disturb the batch, which runs in its own task.
@@ -34,22 +37,20 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from flashsale.config import Settings
 from flashsale.db import Database
 from flashsale.errors import AppError, InternalError
-from flashsale.observability import metrics
 from flashsale.orders import service
 from flashsale.orders.service import (
     IdempotencyKeyInUse,
     OrderBatchFailed,
     OrderRequest,
     OrdersBusy,
+    Outcome,
     PlacedOrder,
 )
+from flashsale.orders.sold_out import SoldOut
 
 log = structlog.get_logger()
-
-Outcome = PlacedOrder | AppError
 
 
 @dataclass(eq=False, slots=True)
@@ -81,6 +82,7 @@ class OrderCoalescer:
         max_total: int,
         idempotency_ttl_s: int,
         on_batch: Callable[[int], None] | None = None,
+        sold_out: SoldOut | None = None,
     ) -> None:
         self._database = database
         self._batch_max = batch_max
@@ -88,6 +90,7 @@ class OrderCoalescer:
         self._max_total = max_total
         self._ttl_s = idempotency_ttl_s
         self._on_batch = on_batch
+        self._sold_out = sold_out
         self._lanes: dict[int, _Lane] = {}
         self._keys_in_flight: set[str] = set()
         self._waiting = 0
@@ -108,6 +111,8 @@ class OrderCoalescer:
         return len(lane.queue) if lane else 0
 
     async def place(self, request: OrderRequest) -> PlacedOrder:
+        if self._sold_out is not None:
+            self._sold_out.check(request)
         key = request.idempotency_key
         if key is not None and key in self._keys_in_flight:
             raise IdempotencyKeyInUse()
@@ -200,11 +205,15 @@ class OrderCoalescer:
         """Every request's outcome; if the batch's statement fails, a 503 for each (and the
         statement committed nothing)."""
         failure: AppError
+        epoch = self._sold_out.epoch if self._sold_out is not None else 0
         try:
             async with self._database.connection(operation="order batch") as conn:
-                return await service.place_order_batch(
+                placement = await service.place_order_batch(
                     conn, product_id=product_id, requests=requests, idempotency_ttl_s=self._ttl_s
                 )
+            if self._sold_out is not None:
+                self._sold_out.record(product_id, placement.stock_left, epoch=epoch)
+            return placement.outcomes
         except AppError as exc:  # DATABASE_UNAVAILABLE, DATABASE_TIMEOUT (already logged)
             failure = exc
         except Exception as exc:
@@ -230,17 +239,3 @@ def _shared(outcome: Outcome) -> Outcome:
 def _copy(error: AppError) -> AppError:
     """Each caller raises its own exception object (a shared one would collect tracebacks)."""
     return type(error)(error.detail_message, details=error.details)
-
-
-def new_order_coalescer(settings: Settings, database: Database) -> OrderCoalescer | None:
-    """The process's coalescer, or None when ORDER_COALESCING is off."""
-    if not settings.order_coalescing:
-        return None
-    return OrderCoalescer(
-        database,
-        batch_max=settings.order_batch_max,
-        max_waiting_per_product=settings.order_queue_max_per_product,
-        max_total=settings.order_queue_max_total,
-        idempotency_ttl_s=settings.idempotency_ttl_s,
-        on_batch=metrics.ORDER_BATCH_SIZE.observe,
-    )

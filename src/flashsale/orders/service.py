@@ -1,16 +1,16 @@
 """Orders: reserve stock and record the order in one statement; never oversell.
 
-`place_order` is one SQL statement in autocommit: the guarded UPDATE takes the product's row lock,
-the INSERT uses what it returned, and the lock is released the moment the statement commits. One
-round trip holds the hot row's lock for the shortest possible time.
+`place_order` without an `Idempotency-Key` is one SQL statement in autocommit: the guarded UPDATE
+takes the product's row lock, the INSERT uses what it returned, and the lock is released the
+moment the statement commits. One round trip holds the hot row's lock for the shortest time.
 
-With an `Idempotency-Key`, the same statement runs inside a transaction that first takes a
-non-blocking advisory lock on the key (a concurrent duplicate gets 409 at once) and looks up an
-earlier result (replayed when the body matches, 422 when it does not); the result is stored in
-the same transaction as the order, so an order and its key record commit together or not at all.
+`place_order_batch` places many orders for one product in one call of the `place_order_batch()`
+database function (defined in migration 0004), one transaction: flash-sale mode's statement (see
+`coalescer.py`). It also takes the key's advisory lock, looks up an earlier result (replayed when
+the body matches, 422 when it does not) and stores the outcome with the order, so a keyed single
+order goes through it too, as a batch of one: idempotency is implemented once, in the database.
 
-`place_order_batch` is flash-sale mode's statement (see `coalescer.py`): many orders for one
-product in one call of the `place_order_batch()` database function, one transaction.
+Both answer with the product's stock after the statement, which feeds the sold-out cache.
 """
 
 from __future__ import annotations
@@ -62,33 +62,29 @@ class OrderBatchFailed(AppError):
     message = "The order could not be placed and nothing was recorded; retry shortly"
 
 
-# Outcomes other than 201 that are stored under an idempotency key and replayed as they were.
-_REPLAYABLE_ERRORS: dict[str, type[AppError]] = {
-    OutOfStock.code: OutOfStock,
-    ProductNotFound.code: ProductNotFound,
-}
 # Every refusal `place_order_batch()` can return, by code.
 _BATCH_REFUSALS: dict[str, type[AppError]] = {
-    **_REPLAYABLE_ERRORS,
-    IdempotencyKeyInUse.code: IdempotencyKeyInUse,
-    IdempotencyKeyReused.code: IdempotencyKeyReused,
+    error.code: error
+    for error in (OutOfStock, ProductNotFound, IdempotencyKeyInUse, IdempotencyKeyReused)
 }
 
-_ORDER_COLUMNS = "id, product_id, buyer_id, quantity, status, total_cents, created_at, updated_at"
+_ORDER_FIELDS = tuple(Order.model_fields)
+_ORDER_COLUMNS = ", ".join(_ORDER_FIELDS)
 
 PLACE_ORDER_SQL = f"""
 WITH reserved AS (
     UPDATE products
     SET stock = stock - $2, version = version + 1, updated_at = now()
     WHERE id = $1 AND stock >= $2
-    RETURNING id, price
+    RETURNING id, price, stock
 ), created AS (
     INSERT INTO orders (product_id, buyer_id, quantity, total_cents)
     SELECT id, $3, $2, price * $2 FROM reserved
     RETURNING {_ORDER_COLUMNS}
 )
 SELECT created.*,
-       created.id IS NOT NULL OR EXISTS (SELECT 1 FROM products WHERE id = $1) AS product_exists
+       coalesce((SELECT stock FROM reserved), (SELECT stock FROM products WHERE id = $1))
+           AS stock_left
 FROM (VALUES (1)) AS one LEFT JOIN created ON true
 """
 
@@ -119,6 +115,17 @@ class OrderRequest:
         return cls(data, idempotency_key, fingerprint)
 
 
+Outcome = PlacedOrder | AppError
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What one placement statement answered."""
+
+    outcomes: list[Outcome]  # one per request, in the order they were sent
+    stock_left: int | None  # the product's stock afterwards; None when there is no such product
+
+
 PLACE_ORDER_BATCH_SQL = "SELECT * FROM place_order_batch($1, $2, $3, $4, $5, $6)"
 
 
@@ -128,10 +135,9 @@ async def place_order_batch(
     product_id: int,
     requests: Sequence[OrderRequest],
     idempotency_ttl_s: int = 86400,
-) -> list[PlacedOrder | AppError]:
+) -> Placement:
     """Place `requests` (all for `product_id`, in arrival order, each key at most once) in one
-    statement and one transaction; return each one's outcome, in the same order. Raises (and
-    commits nothing) when the statement fails."""
+    statement and one transaction. Raises (and commits nothing) when the statement fails."""
     rows = await conn.fetch(
         PLACE_ORDER_BATCH_SQL,
         product_id,
@@ -141,91 +147,39 @@ async def place_order_batch(
         [r.fingerprint for r in requests],
         float(idempotency_ttl_s),
     )
-    outcomes: list[PlacedOrder | AppError] = []
+    outcomes: list[Outcome] = []
     for row in rows:
         outcome = row["outcome"]
         if outcome in ("CREATED", "REPLAYED"):
-            order = Order(**{k: v for k, v in row.items() if k != "outcome"})
+            order = Order(**{k: row[k] for k in _ORDER_FIELDS})
             outcomes.append(PlacedOrder(order, replayed=outcome == "REPLAYED"))
         else:
             outcomes.append(_BATCH_REFUSALS[outcome]())
-    return outcomes
+    return Placement(outcomes, rows[0]["stock_left"] if rows else None)
 
 
 async def place_order(
-    conn: Connection,
-    *,
-    data: OrderCreate,
-    idempotency_key: str | None = None,
-    idempotency_ttl_s: int = 86400,
-) -> PlacedOrder:
-    if idempotency_key is None:
-        return PlacedOrder(await _reserve_and_insert(conn, data))
-    async with conn.transaction():
-        outcome = await _place_idempotently(conn, data, idempotency_key, idempotency_ttl_s)
-    # Raised after the commit: a refused order's key record must be kept, not rolled back.
-    if isinstance(outcome, AppError):
-        raise outcome
-    return outcome
-
-
-async def _reserve_and_insert(conn: Connection, data: OrderCreate) -> Order:
+    conn: Connection, *, request: OrderRequest, idempotency_ttl_s: int = 86400
+) -> Placement:
+    """One order: the single statement, or with a key a batch of one."""
+    if request.idempotency_key is not None:
+        return await place_order_batch(
+            conn,
+            product_id=request.data.product_id,
+            requests=[request],
+            idempotency_ttl_s=idempotency_ttl_s,
+        )
+    data = request.data
     row = await conn.fetchrow(PLACE_ORDER_SQL, data.product_id, data.quantity, data.buyer_id)
     assert row is not None
+    outcome: Outcome
     if row["id"] is not None:
-        return Order(**{k: v for k, v in row.items() if k != "product_exists"})
-    if row["product_exists"]:
-        raise OutOfStock()
-    raise ProductNotFound()
-
-
-async def _place_idempotently(
-    conn: Connection, data: OrderCreate, key: str, ttl_s: int
-) -> PlacedOrder | AppError:
-    locked = await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7))", key)
-    if not locked:
-        raise IdempotencyKeyInUse()
-    fingerprint = request_fingerprint(data)
-    # A new statement after the lock: its snapshot sees a first request that just committed.
-    previous = await conn.fetchrow(
-        "SELECT request_hash, order_id, error_code FROM idempotency_keys "
-        "WHERE key = $1 AND expires_at > now()",
-        key,
-    )
-    if previous is not None:
-        if previous["request_hash"] != fingerprint:
-            raise IdempotencyKeyReused()
-        if previous["error_code"] is not None:
-            return _REPLAYABLE_ERRORS[previous["error_code"]]()
-        return PlacedOrder(await _get_order_row(conn, previous["order_id"]), replayed=True)
-
-    outcome: PlacedOrder | AppError
-    try:
-        outcome = PlacedOrder(await _reserve_and_insert(conn, data))
-    except (OutOfStock, ProductNotFound) as refused:
-        outcome = refused
-    await conn.execute(
-        """
-        INSERT INTO idempotency_keys (key, request_hash, order_id, error_code, expires_at)
-        VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
-        ON CONFLICT (key) DO UPDATE  -- only an expired record can be here: we hold the key's lock
-        SET request_hash = excluded.request_hash, order_id = excluded.order_id,
-            error_code = excluded.error_code, created_at = now(), expires_at = excluded.expires_at
-        """,
-        key,
-        fingerprint,
-        outcome.order.id if isinstance(outcome, PlacedOrder) else None,
-        outcome.code if isinstance(outcome, AppError) else None,
-        float(ttl_s),
-    )
-    return outcome
-
-
-async def _get_order_row(conn: Connection, order_id: UUID) -> Order:
-    row = await conn.fetchrow(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
-    if row is None:
-        raise OrderNotFound()
-    return Order(**row)
+        outcome = PlacedOrder(Order(**{k: row[k] for k in _ORDER_FIELDS}))
+    elif row["stock_left"] is not None:
+        outcome = OutOfStock()
+    else:
+        outcome = ProductNotFound()
+    return Placement([outcome], row["stock_left"])
 
 
 async def get_order(conn: Connection, *, order_id: UUID) -> OrderWithProduct:

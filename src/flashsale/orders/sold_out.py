@@ -1,0 +1,118 @@
+"""The sold-out fast path: the long tail of a flash sale answered from memory.
+
+Once a product sells out, most of a flash sale's requests are late buyers who will all get 409
+OUT_OF_STOCK. Each process remembers which products a placement statement left at stock 0 and
+answers those buyers itself, without a database round trip, until the stock goes up again.
+
+- **Never a 201 without stock**: only refusals come from here; every order is still decided by
+  the database.
+- **Restocks reach every process at once**: a trigger on `products` (migration 0004) sends a
+  NOTIFY on every stock increase, whatever made it (a PATCH restock, later a cancellation); each
+  process LISTENs on its own connection and forgets the product on arrival.
+- **No stale mark from a race**: a placement marks a product only if no notification (and no
+  reconnection of the listener) arrived since it was sent (`epoch`), so a restock committed
+  while its answer was on the way cannot be overwritten by it.
+- **Bounded when notifications are lost**: nothing is marked while the listener is down
+  (everything is forgotten when it drops), and a mark is trusted for at most `max_age_s`
+  (`SOLD_OUT_CACHE_S`), after which the next buyer asks the database again.
+- Requests with an `Idempotency-Key` always go to the database: their outcome must be stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+
+from flashsale.db import UNAVAILABLE_ERRORS, Connection
+from flashsale.orders.service import OrderRequest, OutOfStock
+
+log = structlog.get_logger()
+
+STOCK_INCREASED_CHANNEL = "flashsale_stock_increased"  # the trigger's channel (migration 0004)
+_RECONNECT_DELAY_S = 1.0
+
+
+class SoldOut:
+    """One per process: the products known to be sold out, and since when (monotonic)."""
+
+    def __init__(self, *, max_age_s: float) -> None:
+        self._max_age_s = max_age_s
+        self._since: dict[int, float] = {}
+        self._epoch = 0
+        self._listening = False
+
+    def check(self, request: OrderRequest) -> None:
+        """Raise OutOfStock if `request` can be refused from memory."""
+        since = self._since.get(request.data.product_id)
+        if since is None or request.idempotency_key is not None:
+            return
+        if time.monotonic() - since < self._max_age_s:
+            raise OutOfStock()
+        del self._since[request.data.product_id]
+
+    @property
+    def epoch(self) -> int:
+        """Take it before sending a placement statement; pass it to `record` with the answer."""
+        return self._epoch
+
+    def record(self, product_id: int, stock_left: int | None, *, epoch: int) -> None:
+        """What a placement statement sent at `epoch` left in stock."""
+        if stock_left == 0 and self._listening and epoch == self._epoch:
+            self._since[product_id] = time.monotonic()
+
+    def forget(self, product_id: int | None = None) -> None:
+        """Stock went up (for one product, or possibly any): ask the database again."""
+        self._epoch += 1
+        if product_id is None:
+            self._since.clear()
+        else:
+            self._since.pop(product_id, None)
+
+    @contextlib.asynccontextmanager
+    async def listening(self, url: str) -> AsyncIterator[None]:
+        """LISTEN for stock increases on a connection of its own, reconnecting when it drops."""
+        task = asyncio.create_task(self._listen(url))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _listen(self, url: str) -> None:
+        while True:
+            try:
+                await self._listen_once(url)
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # type: ignore[misc]
+                log.warning("orders.sold_out_listener_down", error=repr(exc))
+            finally:
+                self._listening = False
+                self.forget()
+            await asyncio.sleep(_RECONNECT_DELAY_S)
+
+    async def _listen_once(self, url: str) -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            closed = asyncio.Event()
+            conn.add_termination_listener(lambda _: closed.set())
+            await conn.add_listener(STOCK_INCREASED_CHANNEL, self._on_notification)
+            self.forget()  # marks made before we listened may predate a restock
+            self._listening = True
+            log.info("orders.sold_out_listening")
+            await closed.wait()
+            log.warning("orders.sold_out_listener_down", error="connection closed")
+        finally:
+            await conn.close(timeout=2)
+
+    def _on_notification(
+        self, _conn: Connection, _pid: int, _channel: str, payload: object
+    ) -> None:
+        try:
+            self.forget(int(str(payload)))
+        except ValueError:
+            self.forget()
