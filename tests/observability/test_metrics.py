@@ -81,15 +81,17 @@ async def test_counters_move_by_exactly_the_traffic_sent(
     get = {"method": "GET", "route": "/orders/{order_id}"}
     assert delta("flashsale_http_requests_total", **get, status="200") == 1
     assert delta("flashsale_http_requests_total", **get, status="400") == 1
-    # Every placement but the invalid body went to the database, one after another: one batch
-    # each (flash-sale mode), timed under its own operation name.
-    assert delta("flashsale_db_query_duration_seconds_count", operation="order batch") == 7
-    assert delta("flashsale_order_batch_size_count") == 7
+    # Every placement went to the database, one after another (one batch each in flash-sale
+    # mode, timed under its own operation name), but the invalid body and the late buyer: the
+    # keyed order sold the last unit, so the process knew the product was sold out.
+    assert delta("flashsale_orders_sold_out_from_memory_total") == 1
+    assert delta("flashsale_db_query_duration_seconds_count", operation="order batch") == 6
+    assert delta("flashsale_order_batch_size_count") == 6
     assert (
         delta("flashsale_db_query_duration_seconds_count", operation="GET /orders/{order_id}") == 1
     )
     assert delta("flashsale_db_query_duration_seconds_count", operation="GET /metrics") == 1
-    assert delta("flashsale_db_pool_acquire_duration_seconds_count") == 7 + 1 + 1
+    assert delta("flashsale_db_pool_acquire_duration_seconds_count") == 6 + 1 + 1
     # Stock is read from the database at scrape time.
     assert after.value("flashsale_product_stock", product_id=str(product["id"])) == 0
     assert after.value("flashsale_products", state="sold_out") == 1
@@ -287,13 +289,18 @@ async def test_a_crowd_shows_in_the_batch_size_histogram(
     after = await scrape(client)
 
     assert sorted({r.status_code for r in responses}) == [201, 409]
-    # Every order went through exactly one batch, granted or refused.
+    # Every order went through exactly one batch, granted or refused, or was refused from
+    # memory once a batch had left the product sold out.
     batched = after.value("flashsale_order_batch_size_sum") - before.value(
         "flashsale_order_batch_size_sum"
+    )
+    from_memory = after.value("flashsale_orders_sold_out_from_memory_total") - before.value(
+        "flashsale_orders_sold_out_from_memory_total"
     )
     batches = after.value("flashsale_order_batch_size_count") - before.value(
         "flashsale_order_batch_size_count"
     )
-    assert batched == 200
+    assert batched + from_memory == 200
+    assert batched >= 50
     assert 1 <= batches <= 200
     assert after.value("flashsale_orders_waiting", state="queued") >= 0

@@ -96,6 +96,13 @@ ORDERS_REJECTED = Counter(
     registry=REGISTRY,
 )
 
+ORDERS_SOLD_OUT_FROM_MEMORY = Counter(
+    "flashsale_orders_sold_out_from_memory",
+    "Out-of-stock refusals answered from the sold-out cache, without the database (also "
+    "counted in flashsale_orders_rejected_total)",
+    registry=REGISTRY,
+)
+
 # Settlement jobs (recorded by the job code; waiting/running are read at scrape time)
 SETTLEMENT_JOBS = Counter(
     "flashsale_settlement_jobs",

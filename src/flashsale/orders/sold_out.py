@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -29,12 +30,18 @@ import asyncpg
 import structlog
 
 from flashsale.db import UNAVAILABLE_ERRORS, Connection
+from flashsale.observability import metrics
 from flashsale.orders.service import OrderRequest, OutOfStock
 
 log = structlog.get_logger()
 
 STOCK_INCREASED_CHANNEL = "flashsale_stock_increased"  # the trigger's channel (migration 0004)
 _RECONNECT_DELAY_S = 1.0
+
+
+def listener_name(pid: int | None = None) -> str:
+    """The listener connection's application_name (in pg_stat_activity)."""
+    return f"flashsale:{pid or os.getpid()}:sold-out-listener"
 
 
 class SoldOut:
@@ -52,8 +59,14 @@ class SoldOut:
         if since is None or request.idempotency_key is not None:
             return
         if time.monotonic() - since < self._max_age_s:
+            metrics.ORDERS_SOLD_OUT_FROM_MEMORY.inc()
             raise OutOfStock()
         del self._since[request.data.product_id]
+
+    @property
+    def listening_now(self) -> bool:
+        """Whether stock increases reach this process (only then does it remember anything)."""
+        return self._listening
 
     @property
     def epoch(self) -> int:
@@ -96,7 +109,9 @@ class SoldOut:
             await asyncio.sleep(_RECONNECT_DELAY_S)
 
     async def _listen_once(self, url: str) -> None:
-        conn = await asyncpg.connect(url, timeout=10)
+        conn = await asyncpg.connect(
+            url, timeout=10, server_settings={"application_name": listener_name()}
+        )
         try:
             closed = asyncio.Event()
             conn.add_termination_listener(lambda _: closed.set())
