@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,11 +20,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import pytest
 
 from flashsale import migrations
 from flashsale.db import import_pgserver
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(binary: str, debian_package: str) -> str:
+    """The path of `binary`. Without it the test is skipped, except under CI (`CI=true`), where
+    it fails: CI installs every tool the tests need (.ci/run)."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    message = f"needs {binary} (Debian package: {debian_package})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; CI must install it (.ci/run)")
+    pytest.skip(message)
 
 
 def with_database(url: str, name: str) -> str:

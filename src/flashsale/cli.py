@@ -285,19 +285,25 @@ def bench() -> None:
     default="64,512",
     show_default=True,
     callback=_int_list,
-    help="Concurrent HTTP clients, comma-separated",
+    help="Concurrent HTTP connections, comma-separated",
 )
-@click.option("--orders", default=20_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option(
+    "--seconds",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Duration of each measured run (after a 2 s warm-up)",
+)
 @click.option(
     "--coalescing",
-    default="on,off",
+    default="on",
     show_default=True,
     type=click.Choice(["on", "off", "on,off", "off,on"]),
     help="ORDER_COALESCING values to try",
 )
 @click.option(
     "--workers",
-    default="1,2",
+    default="2",
     show_default=True,
     callback=_int_list,
     help="WEB_CONCURRENCY values to try, comma-separated",
@@ -316,14 +322,36 @@ def bench() -> None:
     callback=_int_list,
     help="ORDER_BATCH_MAX values to try with coalescing on, comma-separated",
 )
+@click.option(
+    "--existing-orders",
+    default=2_000_000,
+    show_default=True,
+    type=click.IntRange(0, 10**9),
+    help="Orders inserted behind the servers' back after the first run, then measured again "
+    "(0: skip)",
+)
+@click.option(
+    "--coalescer",
+    is_flag=True,
+    help="Also measure flash-sale mode without HTTP (the coalescer in the bench's process)",
+)
+@click.option(
+    "--generator",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "wrk", "python"]),
+    help="Load generator: wrk when on PATH (auto), or the Python fallback",
+)
 @click.option("--pgbench-clients", default="8,16,64", show_default=True, callback=_int_list)
 @click.option("--pgbench-seconds", default=10, show_default=True, type=click.IntRange(1, 600))
 def bench_orders(
-    *, clients: list[int], orders: int, coalescing: str, workers: list[int],
-    pool_size: list[int], batch_max: list[int], pgbench_clients: list[int], pgbench_seconds: int,
+    *, clients: list[int], seconds: int, coalescing: str, workers: list[int],
+    pool_size: list[int], batch_max: list[int], existing_orders: int, coalescer: bool,
+    generator: str, pgbench_clients: list[int], pgbench_seconds: int,
 ) -> None:  # fmt: skip
-    """Hot-product orders/s, p50, p99 over HTTP, flash-sale mode on and off, vs the database's
-    best single-order rate (pgbench) and the HTTP ceiling."""
+    """Hot-product orders/s, p50, p99 over HTTP (wrk) vs the HTTP ceiling (a 404, same
+    generator, same servers) and the database's best single-order rate (pgbench); WAL per
+    order, a grown orders table, a sold-out product, the ledger."""
     from flashsale.bench import orders as orders_bench
 
     settings = _settings()
@@ -339,8 +367,9 @@ def bench_orders(
     try:
         migrations.upgrade(url)
         orders_bench.run(
-            url, clients=clients, orders=orders, configurations=configurations,
-            batch_max=batch_max[0], pgbench_clients=pgbench_clients,
+            url, clients=clients, seconds=seconds, configurations=configurations,
+            batch_max=batch_max[0], existing_orders=existing_orders, coalescer=coalescer,
+            generator=generator, pgbench_clients=pgbench_clients,
             pgbench_seconds=pgbench_seconds,
         )  # fmt: skip
     finally:
