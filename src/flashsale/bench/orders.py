@@ -375,6 +375,16 @@ class BenchDatabase:
             )
         )
 
+    def busy_elsewhere(self) -> int:
+        """Sessions in other databases inside a statement now (a long one has written WAL that
+        no finished-transaction counter shows yet)."""
+        return int(
+            self.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND state NOT IN ('idle') AND datname IS DISTINCT FROM current_database()"
+            )
+        )
+
     def insert_existing(self, product_id: int, rows: int) -> float:
         """`rows` orders for `product_id` (created with that stock), inserted in chunks, each in
         one transaction with the matching stock decrement; no ANALYZE. Returns the seconds."""
@@ -516,10 +526,12 @@ class Bench:
         table_rows = db.orders_rows()
         stats_before = db.settled_stats()
         others_before, checkpoints_before = db.other_transactions(), db.checkpoints()
+        busy = db.busy_elsewhere()
         lsn = db.wal_lsn()
         result = self.load.run(server, seconds=self.seconds, **options)
         db.quiesce(product_id)
         wal_bytes = db.wal_since(lsn)
+        busy = max(busy, db.busy_elsewhere())
         others = db.other_transactions() - others_before
         checkpoints_after = db.checkpoints()
         checkpoints = (
@@ -540,10 +552,11 @@ class Bench:
             f"{result.rate / self.pgbench_best:.2f}x pgbench best, "
             f"{run.mean_batch:.1f} orders per write, {run.wal_per_order:,.0f} WAL bytes per order"
         )
-        if others or checkpoints:
+        if others or busy or checkpoints:
             print(
-                f"        (WAL is server-wide: other databases ran {others:,} transactions "
-                f"meanwhile, and {checkpoints} checkpoint(s) started; both add to it)"
+                f"        (WAL is server-wide: other databases reported {others:,} transactions "
+                f"meanwhile, {busy} of their sessions were busy at the start or end, "
+                f"{checkpoints} checkpoint(s) started; all add to it)"
             )
         print(f"        {run.count_check()}")
         coverage = (
@@ -570,6 +583,20 @@ class Bench:
         elapsed = self.db.insert_existing(product_id, rows)
         stock = self.db.stock(product_id)
         print(f"    inserted in {elapsed:.1f} s ({rows / elapsed:,.0f} rows/s); its stock: {stock}")
+        # The insert leaves ~1 GB of WAL and dirty pages behind: without this, the checkpoint it
+        # triggers runs during the next measurement (fsync stalls: p99 ~0.5 s seen here), which
+        # is the insert's cost, not the grown table's. A checkpoint changes no plan or statistic.
+        started = time.perf_counter()
+        try:
+            self.db.fetchval("CHECKPOINT")
+        except asyncpg.InsufficientPrivilegeError:
+            print(
+                "    no CHECKPOINT (needs superuser or pg_checkpoint): the insert's checkpoint may "
+                "land in the run"
+            )
+        else:
+            print(f"    CHECKPOINT (so the insert's writes do not land in the run): "
+                  f"{time.perf_counter() - started:.1f} s")  # fmt: skip
 
     def sell_out(self, server: Server) -> int:
         product_id = self.db.create_product("sold-out product", SOLD_OUT_STOCK)
@@ -708,7 +735,8 @@ def _run(
     )
     if load.wrk_path is None:
         print(
-            "WARNING: wrk is not on PATH: the load comes from the Python generator in this "
+            "WARNING: no wrk (not on PATH, or --generator python): the load comes from the "
+            "Python generator in this "
             "process, which tops out near 4k req/s on 2 cores and competes with the server for "
             "CPU; the figures below may measure the generator, not the server. Install the "
             "Debian package `wrk` (apt-get install wrk)."
