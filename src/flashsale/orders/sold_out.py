@@ -39,9 +39,9 @@ STOCK_INCREASED_CHANNEL = "flashsale_stock_increased"  # the trigger's channel (
 _RECONNECT_DELAY_S = 1.0
 
 
-def listener_name(pid: int | None = None) -> str:
-    """The listener connection's application_name (in pg_stat_activity)."""
-    return f"flashsale:{pid or os.getpid()}:sold-out-listener"
+def listener_name() -> str:
+    """This process's listener connection's application_name (in pg_stat_activity)."""
+    return f"flashsale:{os.getpid()}:sold-out-listener"
 
 
 class SoldOut:
