@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -33,3 +35,11 @@ async def confirmed_quantity(pool: asyncpg.Pool, product_id: int) -> int:
         product_id,
     )
     return int(total)
+
+
+@asynccontextmanager
+async def row_locked(pool: asyncpg.Pool, product_id: int) -> AsyncIterator[None]:
+    """Hold the product's row lock: every statement that places an order for it waits."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product_id)
+        yield

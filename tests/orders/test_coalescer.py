@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -28,7 +27,7 @@ from flashsale.orders.service import (
     OutOfStock,
     PlacedOrder,
 )
-from tests.factories import make_product, stock_of
+from tests.factories import make_product, row_locked, stock_of
 
 Outcome = PlacedOrder | AppError
 
@@ -74,13 +73,6 @@ async def _outcome(placing: Awaitable[PlacedOrder]) -> Outcome:
         return await placing
     except AppError as error:
         return error
-
-
-@asynccontextmanager
-async def row_locked(pool: asyncpg.Pool, product_id: int) -> AsyncIterator[None]:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product_id)
-        yield
 
 
 async def until_blocked(pool: asyncpg.Pool, wait_event: str = "transactionid") -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -20,7 +19,7 @@ import pytest
 from flashsale.orders.schemas import OrderCreate
 from flashsale.orders.service import OrderRequest, OutOfStock
 from flashsale.orders.sold_out import SoldOut, listener_name
-from tests.factories import confirmed_quantity, make_product, stock_of
+from tests.factories import confirmed_quantity, make_product, row_locked, stock_of
 from tests.support import LiveServer, http_client, running_server
 
 # Far longer than any test waits: a buyer served after a restock proves the notification
@@ -61,13 +60,6 @@ async def _order(client: httpx.AsyncClient, product_id: int, **headers: str) -> 
             "error": {"code": "OUT_OF_STOCK", "message": "Insufficient stock"}
         }
     return response.status_code
-
-
-@asynccontextmanager
-async def row_locked(pool: asyncpg.Pool, product_id: int) -> AsyncIterator[None]:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product_id)
-        yield
 
 
 async def _sell_out_everywhere(

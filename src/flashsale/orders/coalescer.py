@@ -90,7 +90,8 @@ class OrderCoalescer:
         self._max_total = max_total
         self._ttl_s = idempotency_ttl_s
         self._on_batch = on_batch
-        self._sold_out = sold_out
+        # Without one, a cache that never listens, so never marks anything.
+        self._sold_out = sold_out or SoldOut(max_age_s=0)
         self._lanes: dict[int, _Lane] = {}
         self._keys_in_flight: set[str] = set()
         self._waiting = 0
@@ -111,8 +112,7 @@ class OrderCoalescer:
         return len(lane.queue) if lane else 0
 
     async def place(self, request: OrderRequest) -> PlacedOrder:
-        if self._sold_out is not None:
-            self._sold_out.check(request)
+        self._sold_out.check(request)
         key = request.idempotency_key
         if key is not None and key in self._keys_in_flight:
             raise IdempotencyKeyInUse()
@@ -205,14 +205,13 @@ class OrderCoalescer:
         """Every request's outcome; if the batch's statement fails, a 503 for each (and the
         statement committed nothing)."""
         failure: AppError
-        epoch = self._sold_out.epoch if self._sold_out is not None else 0
+        epoch = self._sold_out.epoch
         try:
             async with self._database.connection(operation="order batch") as conn:
                 placement = await service.place_order_batch(
                     conn, product_id=product_id, requests=requests, idempotency_ttl_s=self._ttl_s
                 )
-            if self._sold_out is not None:
-                self._sold_out.record(product_id, placement.stock_left, epoch=epoch)
+            self._sold_out.record(product_id, placement.stock_left, epoch=epoch)
             return placement.outcomes
         except AppError as exc:  # DATABASE_UNAVAILABLE, DATABASE_TIMEOUT (already logged)
             failure = exc
