@@ -1,4 +1,14 @@
-"""Database plumbing: choosing the database, the embedded PostgreSQL, the asyncpg pool."""
+"""Database plumbing: choosing the database, the embedded PostgreSQL, the asyncpg pool.
+
+The transaction rule. A route takes a connection (`Database.connection()`) and passes it to
+service functions; it never opens a transaction itself. A service function that runs one
+statement relies on autocommit: that statement is its own transaction (e.g. placing an order
+without a key: one guarded UPDATE and INSERT). A service function that needs several statements
+to be atomic opens its own transaction inside (`create_job`, `complete_job`,
+`copy_transactions`, the settlement's shared snapshot), or calls a database function that is
+one (`place_order_batch()`), and says so in its docstring. So every transaction is written in the
+one function that owns it.
+"""
 
 from __future__ import annotations
 
@@ -120,6 +130,14 @@ class Database:
         self.pool = pool
         self.size = size
         self._gate = asyncio.Semaphore(size)
+
+    @property
+    def open_connections(self) -> int:
+        return self.pool.get_size()
+
+    @property
+    def idle_connections(self) -> int:
+        return self.pool.get_idle_size()
 
     @classmethod
     async def connect(cls, settings: Settings, url: str, *, size: int | None = None) -> Database:

@@ -1,38 +1,80 @@
-"""FastAPI dependencies shared by every domain's routes (async: sync ones would run in a thread)."""
+"""The app's state, typed, and the FastAPI dependencies routes read it through.
+
+The lifespan (`app.py`) builds one `AppState` and stores it on the app; routes never touch
+`request.app.state` themselves. Dependencies are async: sync ones would run in a thread.
+"""
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.applications import Starlette
 
+from flashsale.config import Settings
 from flashsale.db import Database
 from flashsale.errors import Unauthorized
+from flashsale.orders.placement import OrderPlacement
+from flashsale.settlement.jobs import JobRuntime
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    """What one server process holds while it runs, set once in the lifespan."""
+
+    settings: Settings
+    database: Database
+    orders: OrderPlacement
+    jobs: JobRuntime
+    started_at: float  # time.monotonic() when the process started serving
+
+
+def set_state(app: Starlette, state: AppState) -> None:
+    app.state.flashsale = state
+
+
+def state_of(app: Starlette) -> AppState:
+    state: AppState = app.state.flashsale
+    return state
+
+
+async def _state(request: Request) -> AppState:
+    return state_of(request.app)
+
+
+async def _settings(request: Request) -> Settings:
+    return state_of(request.app).settings
 
 
 async def _database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
+    return state_of(request.app).database
 
 
+async def _jobs(request: Request) -> JobRuntime:
+    return state_of(request.app).jobs
+
+
+State = Annotated[AppState, Depends(_state)]
+AppSettings = Annotated[Settings, Depends(_settings)]
 Db = Annotated[Database, Depends(_database)]
+Jobs = Annotated[JobRuntime, Depends(_jobs)]
 
 _bearer = HTTPBearer(auto_error=False, description="The API_KEY, when the server sets one")
 
 
 async def require_api_key(
-    request: Request,
+    settings: AppSettings,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Admin routes need `Authorization: Bearer <API_KEY>` when API_KEY is set (open otherwise)."""
-    api_key = request.app.state.settings.api_key
-    if api_key is None:
+    if settings.api_key is None:
         return
     presented = credentials.credentials if credentials else ""
     # Constant-time comparison: response timing must not reveal how much of the key matched.
-    if not hmac.compare_digest(presented.encode(), api_key.get_secret_value().encode()):
+    if not hmac.compare_digest(presented.encode(), settings.api_key.get_secret_value().encode()):
         raise Unauthorized()
 
 

@@ -4,10 +4,11 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from flashsale import __version__
+from flashsale.deps import State
 
 router = APIRouter(tags=["health"])
 
@@ -43,14 +44,14 @@ def format_uptime(seconds: float) -> str:
     responses={503: {"model": Health, "description": "The database is unreachable"}},
     summary="Liveness and database reachability",
 )
-async def health(request: Request, response: Response) -> Health:
-    database: Status = "healthy" if await request.app.state.database.ping() else "unhealthy"
+async def health(state: State, response: Response) -> Health:
+    database: Status = "healthy" if await state.database.ping() else "unhealthy"
     if database == "unhealthy":
         response.status_code = 503
     return Health(
         status=database,
         version=__version__,
         checks=HealthChecks(database=database),
-        uptime=format_uptime(time.monotonic() - request.app.state.started_at),
+        uptime=format_uptime(time.monotonic() - state.started_at),
         timestamp=datetime.now(UTC).replace(microsecond=0),
     )

@@ -16,7 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from flashsale.config import Settings
-from flashsale.observability import metrics
+from flashsale.observability import exposition, metrics, sampling
 from tests.factories import make_product
 from tests.observability.scraping import Scrape, promtool_check_metrics, scrape
 from tests.support import free_port, http_client, running_server
@@ -229,10 +229,10 @@ def test_serve_gives_several_workers_a_fresh_directory_and_removes_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(metrics.MULTIPROC_DIR_VARIABLE, raising=False)
-    with metrics.multiprocess_directory(1):
+    with exposition.multiprocess_directory(1):
         assert metrics.MULTIPROC_DIR_VARIABLE not in os.environ  # one process: in memory
 
-    with metrics.multiprocess_directory(2):
+    with exposition.multiprocess_directory(2):
         directory = Path(os.environ[metrics.MULTIPROC_DIR_VARIABLE])
         assert directory.is_dir()
         assert list(directory.iterdir()) == []
@@ -244,7 +244,7 @@ def test_serve_gives_several_workers_a_fresh_directory_and_removes_it(
 def test_worker_metrics_server_serves_the_job_metrics() -> None:
     """`flashsale worker` processes expose the same registry on METRICS_PORT."""
     port = free_port()
-    server = metrics.serve_worker_metrics(Settings(metrics_port=port))
+    server = exposition.serve_worker_metrics(Settings(metrics_port=port))
     assert server is not None
     try:
         before = Scrape(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
@@ -252,7 +252,7 @@ def test_worker_metrics_server_serves_the_job_metrics() -> None:
         metrics.record_job_finished("CANCELLED", 0.3)
         metrics.record_transactions_processed(10_000)
         metrics.record_transactions_processed(2_500)
-        metrics.sample(None)
+        sampling.sample(None)
         after = Scrape(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
     finally:
         server.shutdown()

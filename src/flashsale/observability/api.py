@@ -8,15 +8,15 @@ Stock is exported for at most METRICS_STOCK_PRODUCTS products, the most recently
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from flashsale.db import Connection
-from flashsale.deps import Db
+from flashsale.deps import AppSettings, Db
 from flashsale.errors import DatabaseTimeout, DatabaseUnavailable
-from flashsale.observability import metrics
+from flashsale.observability import exposition
 
 router = APIRouter(tags=["observability"])
 
@@ -26,18 +26,16 @@ DATABASE_WAIT_S = 1.0
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(request: Request, database: Db) -> Response:
+async def metrics_endpoint(database: Db, settings: AppSettings) -> Response:
     try:
         async with database.connection(acquire_timeout_s=DATABASE_WAIT_S) as conn:
             families = [
-                *await stock_families(
-                    conn, limit=request.app.state.settings.metrics_stock_products
-                ),
+                *await stock_families(conn, limit=settings.metrics_stock_products),
                 *await job_families(conn),
             ]
     except (DatabaseUnavailable, DatabaseTimeout):
         families = []
-    return Response(metrics.render(families), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(exposition.render(families), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 async def stock_families(conn: Connection, *, limit: int) -> list[Metric]:

@@ -1,63 +1,28 @@
-"""Prometheus metrics: the series the service exports and how every process contributes to them.
+"""Prometheus metrics: the series the service exports, and the functions that record them.
 
 Label values are always bounded: route templates (never raw paths), known HTTP methods, status
-codes, error codes, job statuses, GC generations, and at most METRICS_STOCK_PRODUCTS product ids.
-
-Processes. With one server process the values live in memory. With several (`WEB_CONCURRENCY`
-> 1), `flashsale serve` hands the workers an empty PROMETHEUS_MULTIPROC_DIR (before they import
-prometheus_client); every process writes its values to its own files there, and the worker that
-answers a scrape merges them all (prometheus_client's multiprocess mode). Counters and histograms
-add up over every process that ran; per-process gauges (pool, memory, fds) add up over the live
-ones. Figures read from the database at scrape time (stock, jobs waiting) are never written to
-those files: the one process that answers the scrape reports them, once.
+codes, refusal reasons, job statuses, GC generations, and at most METRICS_STOCK_PRODUCTS product
+ids. How several processes add up their values is `exposition`'s concern; the gauges sampled once
+a second (pool, order queue, runtime) are `sampling`'s.
 
 Cost. The request middleware and `Database.connection` record through label children resolved
-once and cached: a request pays a dict lookup and a few locked additions. Pool and runtime gauges
-are sampled once a second by `sampling()`, never on the request path.
+once and cached: a request pays a dict lookup and a few locked additions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import gc
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextvars import ContextVar
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable
 
-import structlog
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-    start_http_server,
-)
-from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.process_collector import ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from starlette.types import Scope
 
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
-    from starlette.types import Scope
-
-    from flashsale.config import Settings
-    from flashsale.db import Database
-
-log = structlog.get_logger()
+from flashsale.errors import AppError
+from flashsale.request_context import method, operation
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client chose in-memory or file-backed values by this same test, at its import.
 MULTIPROCESS = MULTIPROC_DIR_VARIABLE in os.environ
-SAMPLE_INTERVAL_S = 1.0
 
 # `*_created` series would double the output (and read oddly as `orders_created_created`).
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -202,69 +167,42 @@ GC_COLLECTED = Counter(
     registry=REGISTRY,
 )
 
-# Error codes that refuse an order placement, and the reason each is counted under.
-_REFUSALS = {
-    "OUT_OF_STOCK": "out_of_stock",
-    "PRODUCT_NOT_FOUND": "product_not_found",
-    "VALIDATION_ERROR": "validation",
-    "PAYLOAD_TOO_LARGE": "validation",
-    "UNSUPPORTED_MEDIA_TYPE": "validation",
-    "IDEMPOTENCY_KEY_IN_USE": "idempotency_key_in_use",
-    "IDEMPOTENCY_KEY_REUSED": "idempotency_key_reused",
-    "ORDERS_BUSY": "busy",
-    "ORDER_BATCH_FAILED": "batch_failed",
-    "DATABASE_UNAVAILABLE": "database_unavailable",
-    "DATABASE_TIMEOUT": "database_timeout",
-}
-_REFUSED = {code: ORDERS_REJECTED.labels(reason) for code, reason in _REFUSALS.items()}
 _PLACE_ORDER = ("POST", "/orders")
 JOB_FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
 for _status in JOB_FINAL_STATUSES:  # present at zero from the start, so rate() sees the first one
     SETTLEMENT_JOBS.labels(_status)
 
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 _operation_series: dict[str, Histogram] = {}
-# The request being served by this task: lets `Database.connection` name its operation.
-_current_request: ContextVar[Scope | None] = ContextVar("flashsale_request", default=None)
+_refusal_series: dict[str, Counter] = {}
 
 
-def route_template(scope: Scope) -> str:
-    """The matched route's path template (never the raw path, which is unbounded)."""
-    route: Any = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
-
-
-def _method(scope: Scope) -> str:
-    method: str = scope["method"]
-    return method if method in _METHODS else "OTHER"
-
-
-def enter_request(scope: Scope) -> None:
-    _current_request.set(scope)
+def export_refusals_from_zero(reasons: Iterable[str]) -> None:
+    """Export these refusal reasons at zero before the first one happens (rate() sees it)."""
+    for reason in reasons:
+        _refusal_series[reason] = ORDERS_REJECTED.labels(reason)
 
 
 def observe_request(scope: Scope, route: str, status: int, seconds: float) -> None:
-    method = _method(scope)
-    key = (method, route, status)
+    key = (method(scope), route, status)
     series = _request_series.get(key)
     if series is None:
         series = (
-            HTTP_REQUESTS.labels(method, route, str(status)),
-            HTTP_DURATION.labels(method, route),
+            HTTP_REQUESTS.labels(key[0], route, str(status)),
+            HTTP_DURATION.labels(key[0], route),
         )
         _request_series[key] = series
     series[0].inc()
     series[1].observe(seconds)
 
 
-def observe_db_operation(seconds: float, operation: str | None = None) -> None:
-    if operation is None:
-        scope = _current_request.get()
-        operation = f"{_method(scope)} {route_template(scope)}" if scope else "background"
-    series = _operation_series.get(operation)
+def observe_db_operation(seconds: float, label: str | None = None) -> None:
+    """How long one unit of work held its connection, under `label` (default: the current
+    request's method and route, or background)."""
+    label = label or operation()
+    series = _operation_series.get(label)
     if series is None:
-        series = _operation_series[operation] = DB_QUERY.labels(operation)
+        series = _operation_series[label] = DB_QUERY.labels(label)
     series.observe(seconds)
 
 
@@ -273,11 +211,17 @@ def record_order_placed(quantity: int) -> None:
     ORDER_UNITS_SOLD.inc(quantity)
 
 
-def record_error(scope: Scope, code: str) -> None:
-    """Every error response passes here; those that refuse an order placement are counted."""
-    counter = _REFUSED.get(code)
-    if counter is not None and (scope["method"], route_template(scope)) == _PLACE_ORDER:
-        counter.inc()
+def record_error(scope: Scope, error: AppError) -> None:
+    """Every error response passes here; those that refuse an order placement are counted,
+    under the reason their class names. By path, not route: the body guard answers before
+    routing."""
+    reason = error.refusal
+    if reason is None or (scope["method"], scope["path"]) != _PLACE_ORDER:
+        return
+    series = _refusal_series.get(reason)
+    if series is None:
+        series = _refusal_series[reason] = ORDERS_REJECTED.labels(reason)
+    series.inc()
 
 
 def record_job_finished(status: str, seconds: float | None) -> None:
@@ -291,147 +235,3 @@ def record_job_finished(status: str, seconds: float | None) -> None:
 def record_transactions_processed(count: int) -> None:
     """Settlement: after each batch, with the number of transactions it aggregated."""
     SETTLEMENT_TRANSACTIONS.inc(count)
-
-
-# Sampling: pool and runtime gauges of this process, once a second.
-
-_process_collector = ProcessCollector(registry=None)
-_PROCESS_GAUGES = {
-    "process_resident_memory_bytes": PROCESS_MEMORY,
-    "process_open_fds": PROCESS_OPEN_FDS,
-    "process_max_fds": PROCESS_MAX_FDS,
-}
-_reported_totals: dict[Counter, float] = {}
-
-
-def _advance(counter: Counter, total: float) -> None:
-    """Bring a counter that mirrors a running total (CPU seconds, GC runs) up to `total`."""
-    delta = total - _reported_totals.get(counter, 0.0)
-    if delta > 0:
-        counter.inc(delta)
-        _reported_totals[counter] = total
-
-
-class OrderQueue(Protocol):
-    """What the sampler reads of the order coalescer."""
-
-    @property
-    def waiting(self) -> int: ...
-    @property
-    def in_flight(self) -> int: ...
-
-
-def sample(database: Database | None, orders: OrderQueue | None = None) -> None:
-    # prometheus_client reads /proc; whatever it cannot read (no /proc here) is left out.
-    for figure in (s for family in _process_collector.collect() for s in family.samples):
-        if figure.name == "process_cpu_seconds_total":
-            _advance(PROCESS_CPU, figure.value)
-        elif figure.name in _PROCESS_GAUGES:
-            _PROCESS_GAUGES[figure.name].set(figure.value)
-    for generation, stats in enumerate(gc.get_stats()):
-        _advance(GC_COLLECTIONS.labels(str(generation)), stats["collections"])
-        _advance(GC_COLLECTED.labels(str(generation)), stats["collected"])
-    if database is not None:
-        idle = database.pool.get_idle_size()
-        DB_POOL_MAX.set(database.size)
-        DB_POOL_CONNECTIONS.labels("idle").set(idle)
-        DB_POOL_CONNECTIONS.labels("in_use").set(database.pool.get_size() - idle)
-    if orders is not None:
-        ORDERS_WAITING.labels("queued").set(orders.waiting)
-        ORDERS_WAITING.labels("in_batch").set(orders.in_flight)
-
-
-async def _sample_forever(database: Database | None, orders: OrderQueue | None) -> None:
-    while True:
-        sample(database, orders)
-        await asyncio.sleep(SAMPLE_INTERVAL_S)
-
-
-@contextlib.asynccontextmanager
-async def sampling(
-    database: Database | None, orders: OrderQueue | None = None
-) -> AsyncIterator[None]:
-    """Keep this process's pool, order-queue and runtime gauges current while the block runs
-    (the app's lifespan; `flashsale worker`). On exit, its live gauges leave the multiprocess
-    sums."""
-    task = asyncio.create_task(_sample_forever(database, orders))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if MULTIPROCESS:
-            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-
-# Exposition
-
-
-@functools.cache
-def scrape_registry() -> CollectorRegistry:
-    """What this process renders: its own registry, or the merge of every process's files."""
-    if not MULTIPROCESS:
-        return REGISTRY
-    merged = CollectorRegistry()
-    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-    return merged
-
-
-class _Scrape:
-    def __init__(self, extra: Iterable[Metric]) -> None:
-        self.extra = extra
-
-    def collect(self) -> Iterator[Metric]:
-        yield from scrape_registry().collect()
-        yield from self.extra
-
-
-def render(extra: Iterable[Metric] = ()) -> bytes:
-    """The Prometheus text exposition of every process's metrics plus `extra` families."""
-    return generate_latest(_Scrape(extra))
-
-
-def serve_worker_metrics(settings: Settings) -> WSGIServer | None:
-    """`flashsale worker`: serve this process's metrics on METRICS_PORT from a daemon thread
-    (`shutdown()` the returned server to stop it). A port already taken (another worker on the
-    same host) costs the metrics endpoint, not the worker: it is logged and None is returned."""
-    try:
-        server, _ = start_http_server(
-            settings.metrics_port, settings.server_host, registry=scrape_registry()
-        )
-    except OSError as exc:
-        log.warning("metrics.port_unavailable", port=settings.metrics_port, error=str(exc))
-        return None
-    return server
-
-
-@contextlib.contextmanager
-def multiprocess_directory(workers: int) -> Iterator[None]:
-    """`flashsale serve`: give the worker processes an empty PROMETHEUS_MULTIPROC_DIR.
-
-    Set it before they start (they import prometheus_client fresh) and wipe what earlier runs
-    left there, or dead processes' counters would be added to ours. Only this process's own
-    files stay: with a directory named by the environment it already writes there. A directory
-    we created is removed at exit; one the environment names is kept (and wiped at the next
-    start). One process needs no directory unless the environment names one.
-    """
-    configured = os.environ.get(MULTIPROC_DIR_VARIABLE)
-    if not configured and workers == 1:
-        yield
-        return
-    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="flashsale-metrics-"))
-    path.mkdir(parents=True, exist_ok=True)
-    own = f"_{os.getpid()}.db"
-    for leftover in path.iterdir():
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        elif not leftover.name.endswith(own):
-            leftover.unlink()
-    os.environ[MULTIPROC_DIR_VARIABLE] = str(path)
-    try:
-        yield
-    finally:
-        if not configured:
-            shutil.rmtree(path, ignore_errors=True)
-            del os.environ[MULTIPROC_DIR_VARIABLE]

@@ -6,10 +6,12 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Path, Query, status
 
 from flashsale.deps import Db
-from flashsale.errors import InternalError, documented
+from flashsale.errors import DatabaseTimeout, DatabaseUnavailable, InternalError, ValidationFailed
 from flashsale.orders import service
 from flashsale.orders.schemas import BuyerId, Order, OrderCreate, OrderList, OrderWithProduct
+from flashsale.products.service import ProductNotFound
 from flashsale.schemas import Limit, Offset, RowId
+from flashsale.web.errors import documented
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -17,16 +19,17 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={
-        400: documented("Invalid body or Idempotency-Key (VALIDATION_ERROR)"),
-        404: documented("Product not found (PRODUCT_NOT_FOUND)"),
-        409: documented("OUT_OF_STOCK, or IDEMPOTENCY_KEY_IN_USE while the first request runs"),
-        422: documented("Idempotency-Key reused with a different body (IDEMPOTENCY_KEY_REUSED)"),
-        503: documented(
-            "DATABASE_UNAVAILABLE, DATABASE_TIMEOUT, ORDERS_BUSY (too many orders waiting) or "
-            "ORDER_BATCH_FAILED (nothing recorded); retry after Retry-After"
-        ),
-    },
+    responses=documented(
+        ValidationFailed,
+        ProductNotFound,
+        service.OutOfStock,
+        service.IdempotencyKeyInUse,
+        service.IdempotencyKeyReused,
+        DatabaseUnavailable,
+        DatabaseTimeout,
+        service.OrdersBusy,
+        service.OrderBatchFailed,
+    ),
     response_model=Order,
     summary="Buy: reserve stock and create a CONFIRMED order, atomically",
 )
@@ -44,7 +47,7 @@ async def create_order(
 
 @router.get(
     "",
-    responses={400: documented("Invalid paging or filter parameters")},
+    responses=documented(ValidationFailed),
     summary="List orders, newest first",
 )
 async def list_orders(
@@ -63,7 +66,7 @@ async def list_orders(
 
 @router.get(
     "/{order_id}",
-    responses={400: documented("Malformed order id"), 404: documented("Order not found")},
+    responses=documented(ValidationFailed, service.OrderNotFound),
     summary="Get an order with its product",
 )
 async def get_order(

@@ -22,12 +22,13 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from flashsale.errors import AppError, InternalError, PayloadTooLarge, respond, validation_failed
+from flashsale.deps import state_of
+from flashsale.errors import AppError, InternalError, PayloadTooLarge, ValidationFailed
 from flashsale.observability import metrics
 from flashsale.orders.api import router
-from flashsale.orders.placement import OrderPlacement
 from flashsale.orders.schemas import Order, OrderCreate
 from flashsale.orders.service import OrderRequest, PlacedOrder, validate_idempotency_key
+from flashsale.web.errors import respond
 
 log = structlog.get_logger()
 
@@ -89,14 +90,13 @@ class PlaceOrderEndpoint:
         try:
             data = OrderCreate.model_validate_json(body)
         except ValidationError as exc:
-            raise validation_failed(exc.errors()) from None
+            raise ValidationFailed.from_errors(exc.errors()) from None
         key = None
         for name, value in scope["headers"]:
             if name == _IDEMPOTENCY_KEY and value:
                 key = validate_idempotency_key(value.decode("latin-1"))
                 break
-        orders: OrderPlacement = self._api.state.orders
-        return await orders.place(OrderRequest.of(data, key))
+        return await state_of(self._api).orders.place(OrderRequest.of(data, key))
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -36,30 +36,35 @@ class OutOfStock(AppError):
     status_code = 409
     code = "OUT_OF_STOCK"
     message = "Insufficient stock"
+    refusal = "out_of_stock"
 
 
 class IdempotencyKeyInUse(AppError):
     status_code = 409
     code = "IDEMPOTENCY_KEY_IN_USE"
     message = "A request with this Idempotency-Key is still in progress; retry shortly"
+    refusal = "idempotency_key_in_use"
 
 
 class IdempotencyKeyReused(AppError):
     status_code = 422
     code = "IDEMPOTENCY_KEY_REUSED"
     message = "This Idempotency-Key was used with a different request body"
+    refusal = "idempotency_key_reused"
 
 
 class OrdersBusy(AppError):
     status_code = 503
     code = "ORDERS_BUSY"
     message = "Too many orders are waiting; retry shortly"
+    refusal = "busy"
 
 
 class OrderBatchFailed(AppError):
     status_code = 503
     code = "ORDER_BATCH_FAILED"
     message = "The order could not be placed and nothing was recorded; retry shortly"
+    refusal = "batch_failed"
 
 
 # Every refusal `place_order_batch()` can return, by code.

@@ -1,25 +1,22 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from flashsale.deps import AdminOnly, Db
-from flashsale.errors import UNAUTHORIZED_DOC, ValidationFailed, documented
+from flashsale.errors import Unauthorized, ValidationFailed
 from flashsale.products import service
 from flashsale.products.schemas import Product, ProductCreate, ProductList, ProductUpdate
 from flashsale.schemas import Limit, Offset, RowId
+from flashsale.web.errors import documented
 
 router = APIRouter(prefix="/products", tags=["products"])
 
 ProductId = Annotated[RowId, Path(description="Product id")]
 # An ETag as we send it ("3", optionally weak), or the bare version number.
 _ETAG = re.compile(r'^\s*(?:W/)?(?:"(\d{1,18})"|(\d{1,18}))\s*$')
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: documented("Invalid request (VALIDATION_ERROR)"),
-    404: documented("Product not found (PRODUCT_NOT_FOUND)"),
-}
 
 
 def _etag(product: Product) -> str:
@@ -39,7 +36,7 @@ def _parse_if_match(value: str) -> int:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={400: _ERRORS[400], 401: UNAUTHORIZED_DOC},
+    responses=documented(ValidationFailed, Unauthorized),
     dependencies=[AdminOnly],
     summary="Create a product",
 )
@@ -51,7 +48,7 @@ async def create_product(body: ProductCreate, database: Db, response: Response) 
     return product
 
 
-@router.get("", responses={400: _ERRORS[400]}, summary="List products by id")
+@router.get("", responses=documented(ValidationFailed), summary="List products by id")
 async def list_products(
     database: Db, limit: Annotated[Limit, Query()] = 20, offset: Annotated[Offset, Query()] = 0
 ) -> ProductList:
@@ -60,7 +57,11 @@ async def list_products(
     return ProductList(products=products, limit=limit, offset=offset)
 
 
-@router.get("/{product_id}", responses=_ERRORS, summary="Get a product (with its ETag)")
+@router.get(
+    "/{product_id}",
+    responses=documented(ValidationFailed, service.ProductNotFound),
+    summary="Get a product (with its ETag)",
+)
 async def get_product(product_id: ProductId, database: Db, response: Response) -> Product:
     async with database.connection() as conn:
         product = await service.get_product(conn, product_id=product_id)
@@ -70,12 +71,13 @@ async def get_product(product_id: ProductId, database: Db, response: Response) -
 
 @router.patch(
     "/{product_id}",
-    responses={
-        **_ERRORS,
-        401: UNAUTHORIZED_DOC,
-        412: documented("Stale version (VERSION_CONFLICT)"),
-        428: documented("If-Match header missing (PRECONDITION_REQUIRED)"),
-    },
+    responses=documented(
+        ValidationFailed,
+        Unauthorized,
+        service.ProductNotFound,
+        service.VersionConflict,
+        service.VersionRequired,
+    ),
     dependencies=[AdminOnly],
     summary="Change name, price or stock under optimistic locking",
 )

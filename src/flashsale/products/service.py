@@ -10,6 +10,7 @@ from flashsale.products.schemas import Product, ProductCreate, ProductUpdate
 class ProductNotFound(NotFound):
     code = "PRODUCT_NOT_FOUND"
     message = "Product not found"
+    refusal = "product_not_found"
 
 
 class VersionConflict(AppError):

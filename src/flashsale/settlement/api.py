@@ -3,16 +3,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import FileResponse
 
-from flashsale.config import Settings
-from flashsale.deps import AdminOnly, Db
-from flashsale.errors import UNAUTHORIZED_DOC, documented
+from flashsale.deps import AdminOnly, AppSettings, Db, Jobs
+from flashsale.errors import Unauthorized, ValidationFailed
 from flashsale.observability import metrics
 from flashsale.schemas import Limit
 from flashsale.settlement import service
-from flashsale.settlement.jobs import JobRuntime
 from flashsale.settlement.schemas import (
     CancelRequested,
     JobAccepted,
@@ -23,6 +21,7 @@ from flashsale.settlement.schemas import (
     csv_name,
     parse_job_key,
 )
+from flashsale.web.errors import documented
 
 log = structlog.get_logger()
 
@@ -30,33 +29,16 @@ log = structlog.get_logger()
 router = APIRouter(
     tags=["settlement"],
     dependencies=[AdminOnly],
-    responses={401: UNAUTHORIZED_DOC},
+    responses=documented(Unauthorized),
 )
 
 JobId = Annotated[str, Path(description="Job id, job_<uuid>")]
 
 
-async def _jobs(request: Request) -> JobRuntime:
-    jobs: JobRuntime = request.app.state.jobs
-    return jobs
-
-
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-Jobs = Annotated[JobRuntime, Depends(_jobs)]
-AppSettings = Annotated[Settings, Depends(_settings)]
-
-
 @router.post(
     "/jobs/settlement",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={
-        400: documented("Invalid dates or range (VALIDATION_ERROR)"),
-        503: documented("JOB_QUEUE_SIZE jobs are already waiting (JOB_QUEUE_FULL)"),
-    },
+    responses=documented(ValidationFailed, service.JobQueueFull),
     summary="Queue a settlement job for the UTC days from..to (inclusive)",
 )
 async def create_settlement_job(
@@ -76,7 +58,7 @@ async def create_settlement_job(
     return JobAccepted(job_id=job.job_id, status=job.status)
 
 
-@router.get("/jobs", responses={400: documented("Invalid limit or status")}, summary="Recent jobs")
+@router.get("/jobs", responses=documented(ValidationFailed), summary="Recent jobs")
 async def list_jobs(
     database: Db,
     limit: Annotated[Limit, Query()] = 20,
@@ -89,7 +71,7 @@ async def list_jobs(
 
 @router.get(
     "/jobs/{job_id}",
-    responses={404: documented("No such job (JOB_NOT_FOUND)")},
+    responses=documented(service.JobNotFound),
     summary="A job's status and progress",
 )
 async def get_job(job_id: JobId, database: Db) -> SettlementJob:
@@ -102,10 +84,7 @@ async def get_job(job_id: JobId, database: Db) -> SettlementJob:
 
 @router.post(
     "/jobs/{job_id}/cancel",
-    responses={
-        404: documented("No such job (JOB_NOT_FOUND)"),
-        409: documented("The job has already finished (JOB_NOT_CANCELLABLE)"),
-    },
+    responses=documented(service.JobNotFound, service.JobNotCancellable),
     summary="Cancel a QUEUED or RUNNING job: it writes no settlements and no CSV",
 )
 async def cancel_job(job_id: JobId, database: Db, jobs: Jobs) -> CancelRequested:
@@ -127,7 +106,7 @@ async def cancel_job(job_id: JobId, database: Db, jobs: Jobs) -> CancelRequested
     response_class=FileResponse,
     responses={
         200: {"content": {"text/csv": {}}, "description": "The settlement CSV"},
-        404: documented("No such file (FILE_NOT_FOUND)"),
+        **documented(service.FileNotFound),
     },
     summary="Download a completed job's CSV",
 )

@@ -38,7 +38,8 @@ from procrastinate.jobs import Status
 
 from flashsale.config import Settings
 from flashsale.db import Connection
-from flashsale.observability import metrics
+from flashsale.observability import exposition, metrics
+from flashsale.observability.sampling import sampling
 from flashsale.settlement import report, runner, service
 from flashsale.settlement.schemas import csv_name, job_key, parse_job_key
 
@@ -168,8 +169,8 @@ async def standalone_worker(settings: Settings, url: str) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    metrics_server = metrics.serve_worker_metrics(settings)
-    async with job_runtime(settings, url, worker=True), metrics.sampling(None):
+    metrics_server = exposition.serve_worker_metrics(settings)
+    async with job_runtime(settings, url, worker=True), sampling(None):
         log.info("worker.started", concurrency=settings.job_concurrency)
         await stop.wait()
     if metrics_server is not None:

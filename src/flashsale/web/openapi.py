@@ -13,11 +13,24 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from flashsale.errors import (
+    AppError,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from flashsale.web.errors import describe
+
 _ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ENVELOPE}}}
+def _error(*errors: type[AppError]) -> dict[str, Any]:
+    return {
+        "description": describe(*errors),
+        "content": {"application/json": {"schema": _ENVELOPE}},
+    }
 
 
 def _corrected(app: FastAPI) -> dict[str, Any]:
@@ -30,12 +43,12 @@ def _corrected(app: FastAPI) -> dict[str, Any]:
             default_422 = responses.get("422", {}).get("content", {}).get("application/json", {})
             if "HTTPValidationError" in str(default_422.get("schema", "")):
                 del responses["422"]
-                responses.setdefault("400", _error("Invalid request (VALIDATION_ERROR)"))
+                responses.setdefault("400", _error(ValidationFailed))
             if "requestBody" in operation:
-                responses.setdefault("413", _error("Body too large (PAYLOAD_TOO_LARGE)"))
-                responses.setdefault("415", _error("Body not JSON (UNSUPPORTED_MEDIA_TYPE)"))
+                responses.setdefault("413", _error(PayloadTooLarge))
+                responses.setdefault("415", _error(UnsupportedMediaType))
             if path != "/health":  # /health reports an outage in its own shape
-                responses.setdefault("503", _error("Database unavailable or too slow"))
+                responses.setdefault("503", _error(DatabaseUnavailable, DatabaseTimeout))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)

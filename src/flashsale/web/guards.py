@@ -11,7 +11,8 @@ from __future__ import annotations
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flashsale.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, error_response
+from flashsale.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from flashsale.web.errors import respond
 
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -36,13 +37,13 @@ class RequestBodyGuard:
             await self.app(scope, receive, send)  # no body
             return
         if length is not None and not length.strip().isdigit():
-            await error_response(ValidationFailed("Invalid Content-Length"))(scope, receive, send)
+            await respond(scope, ValidationFailed("Invalid Content-Length"))(scope, receive, send)
             return
         if length is not None and int(length) > self.max_bytes:
-            await error_response(PayloadTooLarge())(scope, receive, send)
+            await respond(scope, PayloadTooLarge())(scope, receive, send)
             return
         if length != b"0" and not _is_json(headers.get(b"content-type", b"")):
-            await error_response(UnsupportedMediaType())(scope, receive, send)
+            await respond(scope, UnsupportedMediaType())(scope, receive, send)
             return
         await self.app(scope, self._counting(receive), send)
 

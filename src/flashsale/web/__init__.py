@@ -1,0 +1,2 @@
+"""HTTP plumbing shared by every route: error rendering, the body guard, the request context
+middleware, the OpenAPI document."""

@@ -1,0 +1,120 @@
+"""Every error answered in the seed's envelope, and documented in OpenAPI from the error classes.
+
+`{"error": {"code": "...", "message": "...", "details": ...}}` for every 4xx and 5xx, whether it
+comes from a service (an `AppError`), request validation, routing, or an unexpected failure.
+Every error response goes through `respond`, which counts it in the metrics.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
+
+from flashsale.errors import (
+    AppError,
+    HttpError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from flashsale.observability import metrics
+from flashsale.request_context import current_request_id
+
+log = structlog.get_logger()
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
+def describe(*errors: type[AppError]) -> str:
+    """An OpenAPI description of a response that carries one of these errors."""
+    return "; ".join(f"{error.code}: {error.message}" for error in errors)
+
+
+def documented(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route that can answer with these errors: one entry per status,
+    describing each code it may carry, with the error envelope as the body."""
+    by_status: dict[int, list[type[AppError]]] = defaultdict(list)
+    for error in errors:
+        by_status[error.status_code].append(error)
+    return {
+        status: {"model": ErrorEnvelope, "description": describe(*same_status)}
+        for status, same_status in sorted(by_status.items())
+    }
+
+
+def error_response(error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
+    if error.status_code == 503:
+        headers = {"Retry-After": "1", **(headers or {})}
+    elif error.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    body = ErrorBody(code=error.code, message=error.detail_message, details=error.details)
+    return JSONResponse(
+        {"error": body.model_dump(exclude_none=True)},
+        status_code=error.status_code,
+        headers=headers,
+    )
+
+
+def respond(scope: Scope, error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The response for `error` to the request in `scope`, counted in the metrics."""
+    metrics.record_error(scope, error)
+    return error_response(error, headers)
+
+
+_STATUS_CODES: dict[int, type[AppError]] = {
+    error.status_code: error
+    for error in (Unauthorized, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType)
+}
+
+
+async def _on_app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return respond(request.scope, exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return respond(request.scope, ValidationFailed.from_errors(exc.errors()))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    known = _STATUS_CODES.get(exc.status_code)
+    error = known() if known else HttpError(exc.status_code, str(exc.detail))
+    return respond(request.scope, error, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("http.unhandled_error", error=repr(exc))
+    # Rendered outside the request middleware (by the outermost handler): add its header here.
+    request_id = current_request_id()
+    return error_response(InternalError(), {"X-Request-ID": request_id} if request_id else None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _on_app_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
