@@ -2,8 +2,8 @@
 
 `POST /jobs/settlement` writes the job row, then defers a `settle` task for it (lock and
 queueing lock = the job id: one waiting task at most, never two runs at once). A worker runs
-the task: it claims the row (-> RUNNING), computes (see `runner`), and in one transaction writes
-the settlements, publishes the CSV and marks the job COMPLETED.
+the task: it claims the row (-> RUNNING), computes (see `aggregation`), and in one transaction
+writes the settlements, publishes the CSV and marks the job COMPLETED.
 
 How each failure ends:
 - cancel (`POST /jobs/{id}/cancel`): the row is CANCELLED at once and procrastinate is asked to
@@ -39,7 +39,7 @@ from procrastinate.jobs import Status
 from flashsale.config import Settings
 from flashsale.db import Connection
 from flashsale.observability import metrics
-from flashsale.settlement import report, runner, service
+from flashsale.settlement import aggregation, report, service
 from flashsale.settlement.schemas import csv_name, job_key, parse_job_key
 
 log = structlog.get_logger()
@@ -219,12 +219,12 @@ async def settle(context: procrastinate.JobContext, job_id: str) -> None:
 async def _run(runtime: JobRuntime, job: service.ClaimedJob) -> int:
     """Compute, then write everything in one transaction; the number of transactions settled."""
     settings = runtime.settings
-    progress = runner.Progress()
+    progress = aggregation.Progress()
     async with runtime.pool.acquire() as control:
-        with runner.first_failure():
+        with aggregation.first_failure():
             async with asyncio.TaskGroup() as group:
                 work = group.create_task(
-                    runner.aggregate(
+                    aggregation.aggregate(
                         runtime.pool,
                         first_day=job.first_day,
                         last_day=job.last_day,
@@ -252,7 +252,7 @@ async def _run(runtime: JobRuntime, job: service.ClaimedJob) -> int:
 async def _report_progress(
     conn: Connection,
     job: service.ClaimedJob,
-    progress: runner.Progress,
+    progress: aggregation.Progress,
     *,
     until: asyncio.Task[list[service.SettlementRow]],
 ) -> None:
