@@ -39,6 +39,7 @@ from procrastinate.jobs import Status
 from flashsale.config import Settings
 from flashsale.db import Connection
 from flashsale.observability import metrics
+from flashsale.orders.service import delete_expired_idempotency_keys
 from flashsale.settlement import aggregation, report, service
 from flashsale.settlement.schemas import csv_name, job_key, parse_job_key
 
@@ -315,7 +316,7 @@ async def sweep(context: procrastinate.JobContext, timestamp: int) -> None:
     await manager.prune_stalled_workers(settings.job_stalled_after_s)
     async with runtime.pool.acquire() as conn:
         orphans = await service.requeue_orphans(conn, older_than_s=settings.job_sweep_interval_s)
-        expired_keys = await service.delete_expired_idempotency_keys(conn)
+        expired_keys = await delete_expired_idempotency_keys(conn)
     for job_id in orphans:
         await runtime.defer(job_id)
     if stalled or orphans or expired_keys:
