@@ -28,7 +28,7 @@ from flashsale.orders.placement import new_order_placement
 from flashsale.orders.sold_out import SoldOut
 from flashsale.products.api import router as products_router
 from flashsale.settlement.api import router as settlement_router
-from flashsale.settlement.jobs import job_runtime
+from flashsale.settlement.worker import job_runtime
 
 log = structlog.get_logger()
 

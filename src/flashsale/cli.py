@@ -155,7 +155,7 @@ class SupervisedWorker:
 @main.command()
 def worker() -> None:
     """Run settlement jobs (any number of these, on any hosts, against one database)."""
-    from flashsale.settlement.jobs import standalone_worker
+    from flashsale.settlement.worker import standalone_worker
 
     settings = _settings()
     url = _database_url(settings)

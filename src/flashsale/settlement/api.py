@@ -12,7 +12,6 @@ from flashsale.errors import UNAUTHORIZED_DOC, documented
 from flashsale.observability import metrics
 from flashsale.schemas import Limit
 from flashsale.settlement import service
-from flashsale.settlement.jobs import JobRuntime
 from flashsale.settlement.schemas import (
     CancelRequested,
     JobAccepted,
@@ -23,6 +22,7 @@ from flashsale.settlement.schemas import (
     csv_name,
     parse_job_key,
 )
+from flashsale.settlement.worker import JobRuntime
 
 log = structlog.get_logger()
 
