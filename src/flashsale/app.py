@@ -27,7 +27,7 @@ from flashsale.orders.placement import new_order_placement
 from flashsale.orders.sold_out import SoldOut
 from flashsale.products.api import router as products_router
 from flashsale.settlement.api import router as settlement_router
-from flashsale.settlement.jobs import job_runtime
+from flashsale.settlement.worker import job_runtime
 from flashsale.web.errors import install_error_handlers
 from flashsale.web.guards import RequestBodyGuard
 from flashsale.web.middleware import RequestContextMiddleware

@@ -18,7 +18,7 @@ from flashsale.config import Settings
 from flashsale.db import Database
 from flashsale.errors import Unauthorized
 from flashsale.orders.placement import OrderPlacement
-from flashsale.settlement.jobs import JobRuntime
+from flashsale.settlement.worker import JobRuntime
 
 
 @dataclass(frozen=True, slots=True)

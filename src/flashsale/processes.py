@@ -118,7 +118,7 @@ def serve(settings: Settings) -> None:
 
 def work(settings: Settings) -> None:
     """Run settlement jobs until SIGTERM or SIGINT, then stop gracefully."""
-    from flashsale.settlement.jobs import standalone_worker
+    from flashsale.settlement.worker import standalone_worker
 
     with database(settings, migrate=settings.auto_migrate) as url:
         asyncio.run(standalone_worker(settings, url))

@@ -8,6 +8,7 @@ from collections import Counter
 import asyncpg
 import httpx
 
+from flashsale.orders.service import delete_expired_idempotency_keys
 from tests.factories import make_product, stock_of
 from tests.support import until_a_query_waits_on_a_lock
 
@@ -114,6 +115,21 @@ async def test_an_expired_key_can_be_used_again(
     assert again.status_code == 201
     assert again.json()["id"] != first.json()["id"]
     assert await stock_of(pool, product["id"]) == 7
+
+
+async def test_expired_keys_are_deleted_in_chunks_and_live_ones_kept(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        "INSERT INTO idempotency_keys (key, request_hash, error_code, expires_at) "
+        "SELECT 'old-' || n, 'x', 'OUT_OF_STOCK', now() - interval '1 second' "
+        "FROM generate_series(1, 5) n"
+    )
+    await pool.execute(
+        "INSERT INTO idempotency_keys (key, request_hash, error_code, expires_at) "
+        "VALUES ('live', 'x', 'OUT_OF_STOCK', now() + interval '1 hour')"
+    )
+    async with pool.acquire() as conn:
+        assert await delete_expired_idempotency_keys(conn, chunk=2) == 5
+    assert await pool.fetchval("SELECT array_agg(key) FROM idempotency_keys") == ["live"]
 
 
 async def test_malformed_idempotency_key_is_400(

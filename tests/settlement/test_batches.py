@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flashsale.settlement.aggregation import DAY, Batch, day_start, plan_batches
 from flashsale.settlement.report import money
-from flashsale.settlement.runner import DAY, Batch, day_start, plan_batches
 from flashsale.settlement.schemas import job_key, parse_job_key
 
 days = st.lists(

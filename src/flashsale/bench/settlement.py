@@ -32,7 +32,7 @@ import httpx
 
 from flashsale import migrations, seeding
 from flashsale.bench.orders import serve
-from flashsale.settlement.runner import Batch, day_start
+from flashsale.settlement.aggregation import Batch, day_start
 
 FIRST_DAY, LAST_DAY = date(2025, 1, 1), date(2025, 1, 31)
 SINGLE_QUERY = """

@@ -10,7 +10,6 @@ from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from flashsale.schemas import RequestBody
 
 JobStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
-UNFINISHED: tuple[JobStatus, ...] = ("QUEUED", "RUNNING")
 MAX_RANGE_DAYS = 366
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")

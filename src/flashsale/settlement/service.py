@@ -374,20 +374,3 @@ async def requeue_orphans(conn: Connection, *, older_than_s: float) -> list[UUID
         older_than_s,
     )
     return [row["id"] for row in rows]
-
-
-async def delete_expired_idempotency_keys(conn: Connection, *, chunk: int = 10_000) -> int:
-    """Forget expired Idempotency-Key records, in chunks (short transactions)."""
-    deleted = 0
-    while True:
-        status = await conn.execute(
-            """
-            DELETE FROM idempotency_keys WHERE key IN (
-                SELECT key FROM idempotency_keys WHERE expires_at < now() LIMIT $1)
-            """,
-            chunk,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < chunk:
-            return deleted
