@@ -63,3 +63,20 @@ async def test_schema_constraints_hold_even_without_the_api(admin_url: str) -> N
             await conn.close()
     finally:
         await drop_database(admin_url, url)
+
+
+async def test_a_database_stamped_with_a_renamed_revision_id_upgrades(admin_url: str) -> None:
+    """Revision 0002 was once called `0002_place_order_batch`: a database left there upgrades."""
+    url = await create_database(admin_url, prefix="flashsale_renamed")
+    try:
+        migrations.upgrade(url, "0002")
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("UPDATE alembic_version SET version_num = '0002_place_order_batch'")
+            migrations.upgrade(url)
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0004"
+        finally:
+            await conn.close()
+        assert await _tables(url) >= EXPECTED_TABLES
+    finally:
+        await drop_database(admin_url, url)

@@ -102,6 +102,28 @@ async def test_counters_move_by_exactly_the_traffic_sent(
     )
 
 
+async def test_refusals_at_the_edge_are_counted_like_the_others(client: httpx.AsyncClient) -> None:
+    """413 and 415 come from the body guard, before routing: still refused order placements."""
+    before = await scrape(client)
+    too_large = await client.post(
+        "/orders", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"}
+    )
+    not_json = await client.post("/orders", content=b"x", headers={"content-type": "text/plain"})
+    elsewhere = await client.post("/products", content=b"x", headers={"content-type": "text/plain"})
+    after = await scrape(client)
+
+    assert (too_large.status_code, not_json.status_code, elsewhere.status_code) == (413, 415, 415)
+    rejected = "flashsale_orders_rejected_total"
+    assert (
+        after.value(rejected, reason="validation") - before.value(rejected, reason="validation")
+        == 2
+    )
+    # Every reason an error class declares is exported from zero, before its first refusal.
+    exported = after.series(rejected)
+    for reason in ("busy", "batch_failed", "database_unavailable", "database_timeout"):
+        assert exported[frozenset({("reason", reason)})] == 0
+
+
 def _labels(scraped: Scrape) -> set[str]:
     return {value for (_, labels) in scraped.samples for _, value in labels}
 

@@ -1,6 +1,6 @@
 """place_order_batch(): a batch of orders for one product in one statement (flash-sale mode).
 
-Revision ID: 0002_place_order_batch
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0002_place_order_batch"
+revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """Settlement jobs, and procrastinate's job queue schema.
 
 Revision ID: 0003
-Revises: 0002_place_order_batch
+Revises: 0002
 Create Date: 2026-11-25
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from alembic import op
 
 revision = "0003"
-down_revision = "0002_place_order_batch"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
