@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with (
                 sampling(database, orders if isinstance(orders, OrderCoalescer) else None),
                 sold_out.listening(url) if settings.sold_out_cache_s else contextlib.nullcontext(),
-                # With EMBEDDED_WORKER, this process also runs settlement jobs (see `serve`).
+                # With EMBEDDED_WORKER this process runs settlement jobs too (`processes.serve`).
                 job_runtime(settings, url, worker=settings.embedded_worker) as jobs,
             ):
                 set_state(app, AppState(settings, database, orders, jobs, started_at))
