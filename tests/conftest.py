@@ -14,13 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import (
-    EmbeddedPostgres,
-    LiveServer,
-    http_client,
-    migrated_database,
-    running_server,
-)
+from flashsale.bench.harness import LiveServer, migrated_database
+from tests.support import EmbeddedPostgres, http_client, running_server
 
 TABLES = "settlement_jobs, settlements, transactions, idempotency_keys, orders, products"
 
@@ -44,7 +39,7 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def database_url(admin_url: str) -> AsyncIterator[str]:
-    async with migrated_database(admin_url) as url:
+    async with migrated_database(admin_url, "flashsale_test") as url:
         yield url
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 
 from flashsale import migrations
+from flashsale.bench.harness import LiveServer
 from flashsale.health import format_uptime
-from tests.support import EmbeddedPostgres, LiveServer, running_server
+from tests.support import EmbeddedPostgres, running_server
 
 
 async def test_health_is_healthy_with_the_seed_shape(client: httpx.AsyncClient) -> None:

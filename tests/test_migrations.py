@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from flashsale import migrations
-from tests.support import create_database, drop_database
+from flashsale.bench.harness import create_database, drop_database
 
 EXPECTED_TABLES = {
     "products", "orders", "idempotency_keys", "transactions", "settlements", "settlement_jobs",

@@ -12,8 +12,9 @@ import asyncpg
 import pytest
 
 from flashsale.bench import wrk
+from flashsale.bench.harness import LiveServer
 from flashsale.bench.loadgen import PERCENTILES, LoadResult, request_bytes, run_load
-from tests.support import LiveServer, require_tool
+from tests.support import require_tool
 
 STOCK = 10**9
 

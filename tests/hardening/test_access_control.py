@@ -9,8 +9,9 @@ import asyncpg
 import httpx
 import pytest
 
+from flashsale.bench.harness import LiveServer
 from tests.factories import make_product
-from tests.support import LiveServer, running_server
+from tests.support import running_server
 
 API_KEY = "s3cret-key-for-tests"
 

@@ -23,8 +23,8 @@ from schemathesis.checks import (
 )
 
 from flashsale.app import create_app
+from flashsale.bench.harness import LiveServer
 from flashsale.config import load_settings
-from tests.support import LiveServer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 

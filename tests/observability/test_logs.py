@@ -15,8 +15,9 @@ import asyncpg
 import httpx
 import pytest
 
+from flashsale.bench.harness import LiveServer
 from tests.factories import make_product
-from tests.support import LiveServer, http_client, running_server
+from tests.support import http_client, running_server
 
 STATEMENT_TIMEOUT_MS = 300
 

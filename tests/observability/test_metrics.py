@@ -15,11 +15,12 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from flashsale.bench.harness import free_port
 from flashsale.config import Settings
 from flashsale.observability import exposition, metrics, sampling
 from tests.factories import make_product
 from tests.observability.scraping import Scrape, promtool_check_metrics, scrape
-from tests.support import free_port, http_client, running_server
+from tests.support import http_client, running_server
 
 POOL_SIZE = 4
 

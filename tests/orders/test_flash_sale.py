@@ -12,8 +12,9 @@ import asyncpg
 import httpx
 import pytest
 
+from flashsale.bench.harness import LiveServer
 from tests.factories import confirmed_quantity, make_product, stock_of
-from tests.support import LiveServer, http_client, running_server
+from tests.support import http_client, running_server
 
 
 @pytest.fixture(scope="module")

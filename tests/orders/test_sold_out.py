@@ -16,11 +16,12 @@ import asyncpg
 import httpx
 import pytest
 
+from flashsale.bench.harness import LiveServer
 from flashsale.orders.schemas import OrderCreate
 from flashsale.orders.service import OrderRequest, OutOfStock
 from flashsale.orders.sold_out import SoldOut, listener_name
 from tests.factories import confirmed_quantity, make_product, row_locked, stock_of
-from tests.support import LiveServer, http_client, running_server
+from tests.support import http_client, running_server
 
 # Far longer than any test waits: a buyer served after a restock proves the notification
 # arrived, not that the mark expired.

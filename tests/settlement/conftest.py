@@ -14,7 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support import LiveServer, migrated_database, running_server
+from flashsale.bench.harness import LiveServer, migrated_database
+from tests.support import running_server
 
 
 @pytest.fixture(scope="session")

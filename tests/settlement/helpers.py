@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,11 +15,10 @@ import asyncpg
 import httpx
 
 from flashsale import seeding
+from flashsale.bench import harness
+from flashsale.bench.harness import FINISHED, Job, status_is, wait_for_job
 from flashsale.settlement.service import WRITE_LOCK
-from tests.support import spawn
-
-Job = dict[str, Any]
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
+from tests.support import ROOT
 
 # A month of payments for 7 merchants, plus three dense days (several batches each).
 MONTH = (date(2025, 1, 1), date(2025, 1, 31))
@@ -134,32 +132,6 @@ async def post_job(client: httpx.AsyncClient, first: date, last: date) -> str:
     return job_id
 
 
-async def wait_for_job(
-    client: httpx.AsyncClient,
-    job_id: str,
-    until: Callable[[Job], bool],
-    *,
-    limit_s: float = 60,
-) -> Job:
-    """Poll the job until `until(job)`; the deadline only turns a hang into a clear failure."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        response = await client.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        job: Job = response.json()
-        if until(job):
-            return job
-        if job["status"] in FINISHED:
-            raise AssertionError(f"job finished in an unexpected state: {job}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job never reached the expected state: {job}")
-        await asyncio.sleep(0.05)
-
-
-def status_is(*statuses: str) -> Callable[[Job], bool]:
-    return lambda job: job["status"] in statuses
-
-
 def fully_counted(job: Job) -> bool:
     """Every batch aggregated: the run now waits to write (or has written) its results."""
     return (
@@ -240,24 +212,9 @@ FAST_RECOVERY = {"JOB_SWEEP_INTERVAL_S": "1", "JOB_STALLED_AFTER_S": "2"}
 def running_worker(
     database_url: str, data_dir: Path, log_dir: Path, **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A `flashsale worker` process; SIGTERM (then SIGKILL) at the end if still running."""
+    """A `flashsale worker` for a test (see `harness.running_worker`): fast recovery, info logs,
+    its log kept in `log_dir`."""
+    environment = {"DATA_DIR": str(data_dir), "LOG_LEVEL": "info", **FAST_RECOVERY, **env}
     log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
-    environment = {
-        "DATABASE_URL": database_url,
-        "DATA_DIR": str(data_dir),
-        "AUTO_MIGRATE": "false",
-        "LOG_LEVEL": "info",
-        **FAST_RECOVERY,
-        **env,
-    }
-    process = spawn("worker", environment, log_path)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with harness.running_worker(database_url, environment, log_path=log_path, cwd=ROOT) as worker:
+        yield worker.process

@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.settlement.helpers import files_of, post_job, run_job, status_is, wait_for_job
-from tests.support import LiveServer
+from flashsale.bench.harness import LiveServer, status_is, wait_for_job
+from tests.settlement.helpers import files_of, post_job, run_job
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from flashsale.bench.harness import LiveServer, status_is, wait_for_job
 from tests.settlement.helpers import (
     MONTH,
     add_transaction,
@@ -26,11 +27,8 @@ from tests.settlement.helpers import (
     seed,
     seed_month,
     settlements,
-    status_is,
     transactions_locked,
-    wait_for_job,
 )
-from tests.support import LiveServer
 
 
 async def test_a_job_settles_every_merchant_day_exactly_as_sql_does(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from flashsale import migrations
+from flashsale.bench.harness import LiveServer, status_is, wait_for_job
 from flashsale.settlement.schemas import job_key
 from tests.settlement.helpers import (
     FAST_RECOVERY,
@@ -33,10 +34,8 @@ from tests.settlement.helpers import (
     running_worker,
     seed,
     settlements,
-    status_is,
-    wait_for_job,
 )
-from tests.support import EmbeddedPostgres, LiveServer, http_client, running_server, start_server
+from tests.support import EmbeddedPostgres, http_client, running_server, start_server
 
 
 @pytest.fixture

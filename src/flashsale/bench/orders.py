@@ -26,14 +26,9 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +39,7 @@ import httpx
 from tqdm import tqdm
 
 from flashsale.bench import wrk
+from flashsale.bench.harness import LiveServer, running_server
 from flashsale.bench.loadgen import LoadResult, request_bytes, run_load
 from flashsale.orders.service import PLACE_ORDER_SQL
 
@@ -98,82 +94,6 @@ def run_pgbench(url: str, product_id: int, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-# --- servers ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: str
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = Path(self.log_path).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"the server (pid {self.process.pid}) exited with {self.process.returncode}; "
-                f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
-            )
-
-
-@contextmanager
-def serve(database_url: str, env: dict[str, str]) -> Iterator[Server]:
-    """A `flashsale serve` process on a free port, its log in a temp file (kept if it fails),
-    stopped with SIGTERM (its own process only: it stops the processes it started)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tempfile.NamedTemporaryFile(prefix="flashsale-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    # LOG_LEVEL and everything else come from the user's environment: default logging.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flashsale", "serve"],
-        env={**os.environ, "DATABASE_URL": database_url, "SERVER_HOST": "127.0.0.1",
-             "SERVER_PORT": str(port), "AUTO_MIGRATE": "false", **env},
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = Server(f"http://127.0.0.1:{port}", port, process, log.name)
-    failed = False
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                failed = True
-                raise RuntimeError(
-                    f"the server did not start; its log ({log.name}) ends with:\n"
-                    f"{server.log_tail()}"
-                )
-            time.sleep(0.1)
-        yield server
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        if failed:
-            print(f"  (server log kept: {log.name})")
-        else:
-            os.unlink(log.name)
-
-
 # --- the load generator -------------------------------------------------------------------------
 
 
@@ -194,7 +114,7 @@ class Load:
         return f"{version or 'wrk'} (1 thread)"
 
     def run(
-        self, server: Server, *, connections: int, seconds: float, method: str, path: str,
+        self, server: LiveServer, *, connections: int, seconds: float, method: str, path: str,
         body: dict[str, Any] | None = None,
     ) -> LoadResult:  # fmt: skip
         text = None if body is None else json.dumps(body)
@@ -500,7 +420,7 @@ class Bench:
     sold_out: list[SoldOutRun] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def ceiling(self, server: Server, connections: int) -> LoadResult:
+    def ceiling(self, server: LiveServer, connections: int) -> LoadResult:
         """The same crowd on an unknown route: routing, middleware and the error envelope."""
         options: dict[str, Any] = {"connections": connections, "method": "GET"}
         self.load.run(server, seconds=WARMUP_S, path=CEILING_PATH, **options)
@@ -512,7 +432,7 @@ class Bench:
         return result
 
     def orders(
-        self, server: Server, label: str, *, product_id: int, connections: int, table: str,
+        self, server: LiveServer, label: str, *, product_id: int, connections: int, table: str,
         ceiling: LoadResult,
     ) -> OrdersRun:  # fmt: skip
         db = self.db
@@ -598,7 +518,7 @@ class Bench:
             print(f"    CHECKPOINT (so the insert's writes do not land in the run): "
                   f"{time.perf_counter() - started:.1f} s")  # fmt: skip
 
-    def sell_out(self, server: Server) -> int:
+    def sell_out(self, server: LiveServer) -> int:
         product_id = self.db.create_product("sold-out product", SOLD_OUT_STOCK)
         body = {"product_id": product_id, "quantity": 1, "buyer_id": "bench-sell-out"}
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -619,7 +539,7 @@ class Bench:
         return product_id
 
     def sold_out_tail(
-        self, server: Server, label: str, product_id: int, connections: int, ceiling: LoadResult
+        self, server: LiveServer, label: str, product_id: int, connections: int, ceiling: LoadResult
     ) -> None:
         body = {"product_id": product_id, "quantity": 1, "buyer_id": "bench-late-buyer"}
         options: dict[str, Any] = {
@@ -768,7 +688,7 @@ def _run(
     for env in configurations:
         label = " ".join(f"{k}={v}" for k, v in env.items())
         print(f"\n== {label}")
-        with serve(url, env) as server:
+        with running_server(url, env) as server:
             print(f"  server pid {server.process.pid} on {server.url}")
             hot = db.create_product("hot product", HUGE_STOCK)
             sold_out = bench.sell_out(server)

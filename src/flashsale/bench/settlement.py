@@ -20,18 +20,16 @@ import json
 import statistics
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
 from flashsale import migrations, seeding
-from flashsale.bench.orders import serve
+from flashsale.bench import harness
 from flashsale.settlement.aggregation import Batch, day_start
 
 FIRST_DAY, LAST_DAY = date(2025, 1, 1), date(2025, 1, 31)
@@ -48,6 +46,8 @@ SETTINGS: dict[str, list[str]] = {
     "work_mem=256MB, jit=off": ["SET work_mem = '256MB'", "SET jit = off"],
 }
 POLL_S = 0.01
+# Only turns a hung job into an error: far beyond any job the bench runs.
+JOB_LIMIT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -67,23 +67,6 @@ class Result:
     query_ms: list[float] = field(default_factory=list)  # the best setting, paired with jobs
     job_ms: dict[int, list[float]] = field(default_factory=dict)  # by JOB_WORKERS
     rss_growth_mb: dict[int, float] = field(default_factory=dict)
-
-
-def scratch_url(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/flashsale_bench_settlement_{uuid.uuid4().hex[:8]}"))
-
-
-async def _admin(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def _database_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
 
 
 async def seed(url: str, rows: int, merchants: int) -> tuple[float, float]:
@@ -206,12 +189,10 @@ async def run_job(base_url: str) -> tuple[float, float, dict[str, Any]]:
         started = time.perf_counter()
         response = await client.post("/jobs/settlement", json=body)
         response.raise_for_status()
-        job_id = response.json()["job_id"]
-        while True:
-            job: dict[str, Any] = (await client.get(f"/jobs/{job_id}")).json()
-            if job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
-                break
-            await asyncio.sleep(POLL_S)
+        done = harness.status_is(*harness.FINISHED)
+        job = await harness.wait_for_job(
+            client, response.json()["job_id"], done, limit_s=JOB_LIMIT_S, poll_s=POLL_S
+        )
         elapsed = (time.perf_counter() - started) * 1000
         if job["status"] != "COMPLETED":
             raise RuntimeError(f"job ended {job['status']}: {job.get('error')}")
@@ -223,9 +204,8 @@ async def run_job(base_url: str) -> tuple[float, float, dict[str, Any]]:
 
 
 def run(url: str, *, rows: list[int], options: Options, keep: bool) -> None:
-    scratch = scratch_url(url)
-    name = _database_name(scratch)
-    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    scratch = asyncio.run(harness.create_database(url, "flashsale_bench_settlement"))
+    name = harness.database_name(scratch)
     print(
         f"flashsale bench settlement: {FIRST_DAY}..{LAST_DAY}, {options.merchants} merchants, "
         f"scratch database {name}"
@@ -237,7 +217,7 @@ def run(url: str, *, rows: list[int], options: Options, keep: bool) -> None:
         if keep:
             print(f"\nkept the scratch database {name}")
         else:
-            asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            asyncio.run(harness.drop_database(url, scratch))
     _summary(results)
 
 
@@ -283,7 +263,7 @@ def _jobs(
     )
     with (
         tempfile.TemporaryDirectory() as data_dir,
-        serve(url, {**env, "DATA_DIR": data_dir}) as server,
+        harness.running_server(url, {**env, "DATA_DIR": data_dir}) as server,
     ):
         idle = memory_kb(server.process.pid)["VmRSS"]
         jobs, queries = asyncio.run(_paired_runs(url, server.url, setting, options.runs, expected))
@@ -329,6 +309,10 @@ async def _paired_runs(
     return jobs, queries
 
 
+def _progress_or_done(job: harness.Job) -> bool:
+    return bool(job["processed"]) or job["status"] not in ("QUEUED", "RUNNING")
+
+
 async def cancel_latency(url: str, base_url: str, server_pid: int) -> str:
     """Cancel a job once it has stored progress; time until the server runs no query any more."""
     conn = await asyncpg.connect(url)
@@ -337,11 +321,9 @@ async def cancel_latency(url: str, base_url: str, server_pid: int) -> str:
         async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
             body = {"from": FIRST_DAY.isoformat(), "to": LAST_DAY.isoformat()}
             job_id = (await client.post("/jobs/settlement", json=body)).json()["job_id"]
-            while True:
-                job = (await client.get(f"/jobs/{job_id}")).json()
-                if job["processed"] or job["status"] not in ("QUEUED", "RUNNING"):
-                    break
-                await asyncio.sleep(0.001)
+            job = await harness.wait_for_job(
+                client, job_id, _progress_or_done, limit_s=JOB_LIMIT_S, poll_s=0.001
+            )
             response = await client.post(f"/jobs/{job_id}/cancel")
             cancelled = time.perf_counter()
             if response.status_code != 200:
