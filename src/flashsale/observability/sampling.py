@@ -18,6 +18,7 @@ from prometheus_client import Counter
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.process_collector import ProcessCollector
 
+from flashsale.background import running
 from flashsale.observability import metrics
 
 SAMPLE_INTERVAL_S = 1.0
@@ -91,12 +92,9 @@ async def sampling(pool: Pool | None, orders: OrderQueue | None = None) -> Async
     """Keep this process's pool, order-queue and runtime gauges current while the block runs
     (the app's lifespan; `flashsale worker`). On exit, its live gauges leave the multiprocess
     sums."""
-    task = asyncio.create_task(_sample_forever(pool, orders))
     try:
-        yield
+        async with running(_sample_forever(pool, orders)):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         if metrics.MULTIPROCESS:
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

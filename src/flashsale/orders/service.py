@@ -131,6 +131,7 @@ class Placement:
     stock_left: int | None  # the product's stock afterwards; None when there is no such product
 
 
+# The function's body: migrations/versions/2026_12_01_0004_orders_at_scale.py.
 PLACE_ORDER_BATCH_SQL = "SELECT * FROM place_order_batch($1, $2, $3, $4, $5, $6)"
 
 

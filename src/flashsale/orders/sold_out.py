@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 
+from flashsale.background import running
 from flashsale.db import UNAVAILABLE_ERRORS, Connection
 from flashsale.observability import metrics
 from flashsale.orders.service import OrderRequest, OutOfStock
@@ -89,13 +90,8 @@ class SoldOut:
     @contextlib.asynccontextmanager
     async def listening(self, url: str) -> AsyncIterator[None]:
         """LISTEN for stock increases on a connection of its own, reconnecting when it drops."""
-        task = asyncio.create_task(self._listen(url))
-        try:
+        async with running(self._listen(url)):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _listen(self, url: str) -> None:
         while True:

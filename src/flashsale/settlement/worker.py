@@ -22,6 +22,7 @@ import procrastinate
 import structlog
 from procrastinate.jobs import Status
 
+from flashsale.background import running
 from flashsale.config import Settings
 from flashsale.observability import exposition
 from flashsale.observability.sampling import sampling
@@ -125,14 +126,11 @@ async def job_runtime(settings: Settings, url: str, *, worker: bool) -> AsyncIte
     logging.getLogger("procrastinate").setLevel(max(logging.WARNING, logging.getLogger().level))
     runtime = JobRuntime(settings, url)
     await runtime.app.open_async()
-    running = asyncio.create_task(runtime.run_worker()) if worker else None
     try:
-        yield runtime
+        # Cancelling the worker is a graceful stop: see run_worker.
+        async with running(runtime.run_worker()) if worker else contextlib.nullcontext():
+            yield runtime
     finally:
-        if running is not None:
-            running.cancel()  # a graceful stop: see run_worker
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
         await runtime.app.close_async()
 
 
