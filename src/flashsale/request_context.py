@@ -26,7 +26,9 @@ def incoming_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _SANE_REQUEST_ID.match(value):
             return str(value.decode("ascii"))
-    return os.urandom(16).hex()  # 128 random bits, like a uuid4's hex, for a sixth of the cost
+    # 128 random bits, like a uuid4's hex, for less: compare `python -m timeit -s 'import os'
+    # 'os.urandom(16).hex()'` with `python -m timeit -s 'import uuid' 'uuid.uuid4().hex'`.
+    return os.urandom(16).hex()
 
 
 def enter_request(scope: Scope, request_id: str) -> None:

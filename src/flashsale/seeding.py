@@ -82,8 +82,8 @@ def transaction_copy_chunks(spec: TransactionSpec) -> Iterator[tuple[bytes, int]
     yield _COPY_HEADER, 0
     # Rows come in paid_at order, as recorded payments do: chunk i covers the i-th slice of the
     # period (sorted inside). The table is then laid out by time, so a time range is a few
-    # contiguous pages and the index is built by appends (COPY is ~2x faster than in random
-    # order, and index-only scans of a range touch a few visibility-map pages, not all of them).
+    # contiguous pages and the index is built by appends (faster than in random order), and
+    # index-only scans of a range touch a few visibility-map pages, not all of them.
     chunks = -(-spec.count // CHUNK_ROWS)
     for chunk in range(chunks):
         size = spec.count // chunks + (chunk < spec.count % chunks)

@@ -18,6 +18,7 @@ import httpx
 
 from flashsale import migrations
 from tests.factories import confirmed_quantity, make_product, stock_of
+from tests.observability.scraping import SampleKey, Scrape
 from tests.support import EmbeddedPostgres, http_client, running_server, start_server
 
 
@@ -120,14 +121,18 @@ async def test_database_outage_under_mixed_load_fails_fast_recovers_and_loses_no
             await asyncio.sleep(0.5)
             down = await client.get("/health", timeout=10)
             during = await client.post("/orders", json=order_body("x"), timeout=10)
+            scraped_down = Scrape((await client.get("/metrics", timeout=10)).text)
             await asyncio.sleep(1.0)
             database.start()
             await asyncio.sleep(1.5)
             stop.set()
             await asyncio.gather(*buyers)
             up = await client.get("/health", timeout=10)
+            scraped_up = Scrape((await client.get("/metrics", timeout=10)).text)
 
     assert (down.status_code, during.status_code, up.status_code) == (503, 503, 200)
+    database_up: SampleKey = ("flashsale_database_up", frozenset())
+    assert (scraped_down.samples[database_up], scraped_up.samples[database_up]) == (0, 1)
     assert during.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
     assert min(statuses[503], statuses[201], statuses[409]) > 0, statuses
     conn = await asyncpg.connect(database.url)

@@ -84,7 +84,7 @@ async def test_dashboards_and_alerts_query_only_exported_metrics(client: httpx.A
         "flashsale_orders_rejected_total", "flashsale_product_stock",
         "flashsale_settlement_jobs_waiting", "flashsale_settlement_transactions_processed_total",
         "flashsale_db_pool_connections", "process_cpu_seconds_total",
-        "process_resident_memory_bytes", "python_gc_collections_total",
+        "process_resident_memory_bytes", "python_gc_collections_total", "flashsale_database_up",
     } <= used  # fmt: skip
 
 
@@ -122,6 +122,29 @@ def test_promtool_accepts_the_prometheus_config_and_alert_rules() -> None:
     ):
         done = subprocess.run([promtool(), *command], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_silent() -> None:
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    cases = yaml.safe_load((DEPLOY / "alerts.test.yml").read_text())
+    checks = [check for test in cases["tests"] for check in test["alert_rule_test"]]
+    firing = {check["alertname"] for check in checks if check["exp_alerts"]}
+    silent = {check["alertname"] for check in checks if not check["exp_alerts"]}
+
+    assert cases["rule_files"] == ["alerts.yml"]
+    assert firing == silent == alerts
+    done = subprocess.run(
+        [promtool(), "test", "rules", str(DEPLOY / "alerts.test.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
 
 
 def _compose() -> dict[str, Any]:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -169,13 +170,22 @@ async def test_stock_is_exported_for_the_most_recently_updated_products_only(
     assert stock == {frozenset({("product_id", str(p["id"]))}): p["stock"] for p in newest}
 
 
-async def test_several_workers_report_one_merged_view(
-    database_url: str, pool: asyncpg.Pool, logs_dir: Path, tmp_path: Path
-) -> None:
-    """WEB_CONCURRENCY=2: whichever worker answers, the counters hold every worker's part, once;
-    what a previous run left in the directory is wiped at start."""
-    directory = tmp_path / "prometheus"
-    directory.mkdir()
+@dataclass
+class MergedView:
+    """What scrapes of a two-worker server returned after both workers took orders."""
+
+    scrapes: list[Scrape]
+    sent: int
+    product_id: int
+    directory: Path
+
+
+@pytest.fixture(scope="module")
+async def merged_view(
+    database_url: str, pool: asyncpg.Pool, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> MergedView:
+    """WEB_CONCURRENCY=2, with a stale file from an earlier run in PROMETHEUS_MULTIPROC_DIR."""
+    directory = tmp_path_factory.mktemp("prometheus")
     stale = MmapedDict(str(directory / "counter_999999.db"))  # type: ignore[no-untyped-call]
     stale.write_value(  # type: ignore[no-untyped-call]
         mmap_key("flashsale_orders_created", "flashsale_orders_created_total", [], [], "old"),
@@ -208,8 +218,14 @@ async def test_several_workers_report_one_merged_view(
             for _ in range(8):  # new connections: several of them reach each worker
                 async with http_client(server.url, connections=1) as fresh:
                     scrapes.append(await scrape(fresh))
+    return MergedView(scrapes, sent, product["id"], directory)
 
-    for scraped in scrapes:
+
+async def test_several_workers_report_one_merged_view(merged_view: MergedView) -> None:
+    """Whichever worker answers, the counters hold every worker's part, once; what a previous
+    run left in the directory is wiped at start."""
+    sent = merged_view.sent
+    for scraped in merged_view.scrapes:
         assert scraped.value("flashsale_orders_created_total") == sent
         assert scraped.value("flashsale_order_units_sold_total") == sent
         assert (
@@ -221,12 +237,15 @@ async def test_several_workers_report_one_merged_view(
         assert scraped.value("flashsale_db_pool_max_connections") == 2 * POOL_SIZE
         assert scraped.value("process_max_fds") > 0
         # Read from the database by the answering process: reported once, never doubled.
-        assert (
-            scraped.value("flashsale_product_stock", product_id=str(product["id"])) == 10**6 - sent
-        )
+        stock = scraped.value("flashsale_product_stock", product_id=str(merged_view.product_id))
+        assert stock == 10**6 - sent
+    assert not (merged_view.directory / "counter_999999.db").exists()
+
+
+async def test_the_merged_view_passes_promtool(merged_view: MergedView) -> None:
+    for scraped in merged_view.scrapes:
         checked = promtool_check_metrics(scraped.text)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert not (directory / "counter_999999.db").exists()
 
 
 def _pids_with_orders(directory: Path) -> set[str]:

@@ -4,6 +4,8 @@ Stock levels and settlement jobs waiting/running are counted in PostgreSQL by th
 answers the scrape, so they are exact and reported once however many processes serve the API.
 Stock is exported for at most METRICS_STOCK_PRODUCTS products, the most recently updated ones
 (those being sold), plus the count of products in and out of stock: bounded cardinality.
+`flashsale_database_up` says whether the answering process reaches PostgreSQL: the scrape's own
+reads refresh it, so it is current even when no request comes in.
 """
 
 from __future__ import annotations
@@ -27,15 +29,20 @@ DATABASE_WAIT_S = 1.0
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(database: Db, settings: AppSettings) -> Response:
+    families: list[Metric] = []
     try:
         async with database.connection(acquire_timeout_s=DATABASE_WAIT_S) as conn:
-            families = [
-                *await stock_families(conn, limit=settings.metrics_stock_products),
-                *await job_families(conn),
-            ]
+            families += await stock_families(conn, limit=settings.metrics_stock_products)
+            families += await job_families(conn)
     except (DatabaseUnavailable, DatabaseTimeout):
         families = []
-    return Response(exposition.render(families), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    up = GaugeMetricFamily(
+        "flashsale_database_up",
+        "1 when this process's last database work (a request, a health check, this scrape) "
+        "reached PostgreSQL, 0 when it failed for an outage",
+    )
+    up.add_metric([], int(database.reachable))
+    return Response(exposition.render([*families, up]), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 async def stock_families(conn: Connection, *, limit: int) -> list[Metric]:

@@ -38,7 +38,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     if fmt == "json":
         tail = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
         # Our own events (one per request) are rendered to bytes by orjson and written as they
-        # are: ~40% less per line than the standard library's json (measured: 41 -> 24 us).
+        # are, without the standard library's json and a text layer: less work per line.
         own_tail = [tail[0], structlog.processors.JSONRenderer(serializer=orjson.dumps)]
         logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
     else:
