@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,17 @@ def running_server(database_url: str, log_dir: Path, **env: str) -> Iterator[Liv
 def http_client(base_url: str, connections: int = 100) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60)
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], what: str, *, limit_s: float = 60
+) -> None:
+    """Poll `condition` until it holds; the limit only turns a hang into a clear failure."""
+    deadline = time.monotonic() + limit_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.05)
 
 
 async def until_a_query_waits_on_a_lock(pool: asyncpg.Pool) -> None:

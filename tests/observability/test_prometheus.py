@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from flashsale.bench.harness import free_port, migrated_database, status_is, wait_for_job
-from tests.support import ROOT, http_client, require_tool, running_server
+from flashsale.bench.harness import FINISHED, free_port, migrated_database, status_is, wait_for_job
+from tests.support import ROOT, eventually, http_client, require_tool, running_server
 
 STOCK, BUYERS = 100, 137
 
@@ -88,16 +88,6 @@ def query(api: httpx.Client, promql: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-async def until(what: str, check: Callable[[], bool], limit_s: float = 60) -> None:
-    """Poll `check` until it holds; the limit only turns a hang into a clear failure."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        if check():
-            return
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.2)
-
-
 @pytest.fixture
 async def own_database(admin_url: str) -> AsyncIterator[str]:
     """A database of its own: no other test's server runs its settlement job."""
@@ -126,14 +116,14 @@ async def test_prometheus_sees_exactly_the_crowd_the_job_and_healthy_rules(
         }
         with running_prometheus(binary, targets, tmp_path) as api:
 
-            def both_targets_up() -> bool:
+            async def both_targets_up() -> bool:
                 active = _data(api, "targets")["activeTargets"]
                 return sorted((t["labels"]["job"], t["health"]) for t in active) == [
                     ("flashsale-app", "up"),
                     ("flashsale-worker", "up"),
                 ]
 
-            await until("both targets up", both_targets_up)
+            await eventually(both_targets_up, "both targets up")
 
             async with http_client(server.url, connections=BUYERS) as client:
                 body = {"product_id": product_id, "quantity": 1}
@@ -149,9 +139,7 @@ async def test_prometheus_sees_exactly_the_crowd_the_job_and_healthy_rules(
                     "/jobs/settlement", json={"from": "2025-01-01", "to": "2025-01-31"}
                 )
                 assert job.status_code == 202, job.text
-                finished = await wait_for_job(
-                    client, job.json()["job_id"], status_is("COMPLETED", "FAILED", "CANCELLED")
-                )
+                finished = await wait_for_job(client, job.json()["job_id"], status_is(*FINISHED))
                 assert finished["status"] == "COMPLETED", finished
 
             expected = {
@@ -162,16 +150,16 @@ async def test_prometheus_sees_exactly_the_crowd_the_job_and_healthy_rules(
                 "min(flashsale_database_up)": 1,
             }
 
-            def prometheus_has_seen_it_all() -> bool:
+            async def prometheus_has_seen_it_all() -> bool:
                 return {promql: query(api, promql) for promql in expected} == expected
 
-            await until("Prometheus's figures equal the traffic", prometheus_has_seen_it_all)
+            await eventually(prometheus_has_seen_it_all, "Prometheus's figures equal the traffic")
 
-            def every_rule_evaluated() -> bool:
+            async def every_rule_evaluated() -> bool:
                 rules = [r for g in _data(api, "rules")["groups"] for r in g["rules"]]
                 return bool(rules) and all(r["health"] == "ok" for r in rules)
 
-            await until("every alert rule evaluated with health ok", every_rule_evaluated)
+            await eventually(every_rule_evaluated, "every alert rule evaluated with health ok")
             rules = [r for g in _data(api, "rules")["groups"] for r in g["rules"]]
             alerts = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
             assert {r["name"] for r in rules} == {

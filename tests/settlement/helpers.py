@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -154,16 +153,6 @@ async def downloaded_rows(client: httpx.AsyncClient, job: Job) -> list[list[str]
     lines = response.text.splitlines()
     assert lines[0] == "merchant_id,date,gross,fee,net,txn_count"
     return [line.split(",") for line in lines[1:]]
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], what: str, *, limit_s: float = 60
-) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.05)
 
 
 def files_of(root: Path, job_id: str) -> list[Path]:

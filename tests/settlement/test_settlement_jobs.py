@@ -15,7 +15,6 @@ from tests.settlement.helpers import (
     add_transaction,
     completed_in,
     downloaded_rows,
-    eventually,
     expected_csv,
     expected_settlements,
     files_of,
@@ -29,6 +28,7 @@ from tests.settlement.helpers import (
     settlements,
     transactions_locked,
 )
+from tests.support import eventually
 
 
 async def test_a_job_settles_every_merchant_day_exactly_as_sql_does(

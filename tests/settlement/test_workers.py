@@ -23,7 +23,6 @@ from tests.settlement.helpers import (
     FAST_RECOVERY,
     MONTH,
     downloaded_rows,
-    eventually,
     expected_csv,
     expected_settlements,
     files_of,
@@ -35,7 +34,7 @@ from tests.settlement.helpers import (
     seed,
     settlements,
 )
-from tests.support import EmbeddedPostgres, http_client, running_server, start_server
+from tests.support import EmbeddedPostgres, eventually, http_client, running_server, start_server
 
 
 @pytest.fixture
