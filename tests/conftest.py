@@ -17,7 +17,9 @@ import pytest
 from flashsale.bench.harness import LiveServer, migrated_database
 from tests.support import EmbeddedPostgres, http_client, running_server
 
-TABLES = "settlement_jobs, settlements, transactions, idempotency_keys, orders, products"
+TABLES = (
+    "settlement_jobs, settlements, transactions, idempotency_keys, buyer_holdings, orders, products"
+)
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,20 @@ import asyncpg
 
 
 async def make_product(
-    pool: asyncpg.Pool, *, stock: int = 100, price: int = 1000, name: str = "Limited Edition"
+    pool: asyncpg.Pool,
+    *,
+    stock: int = 100,
+    price: int = 1000,
+    name: str = "Limited Edition",
+    max_per_buyer: int | None = None,
 ) -> dict[str, Any]:
     row = await pool.fetchrow(
-        "INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) RETURNING *",
+        "INSERT INTO products (name, price, stock, max_per_buyer) VALUES ($1, $2, $3, $4) "
+        "RETURNING *",
         name,
         price,
         stock,
+        max_per_buyer,
     )
     assert row is not None
     return dict(row)

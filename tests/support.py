@@ -113,3 +113,21 @@ async def until_a_query_waits_on_a_lock(pool: asyncpg.Pool) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError("no query ever waited on the lock")
+
+
+async def post_all_at_once(
+    requests: list[tuple[httpx.AsyncClient, dict[str, object], dict[str, str]]],
+) -> list[httpx.Response]:
+    """POST /orders with each (client, body, headers), all released at the same moment."""
+    start = asyncio.Event()
+
+    async def one(
+        client: httpx.AsyncClient, body: dict[str, object], headers: dict[str, str]
+    ) -> httpx.Response:
+        await start.wait()  # release all requests at once
+        return await client.post("/orders", json=body, headers=headers)
+
+    tasks = [asyncio.create_task(one(*request)) for request in requests]
+    await asyncio.sleep(0)
+    start.set()
+    return await asyncio.gather(*tasks)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncpg
+from alembic.script import ScriptDirectory
 
 from flashsale import migrations
 from flashsale.bench.harness import create_database, drop_database
 
 EXPECTED_TABLES = {
-    "products", "orders", "idempotency_keys", "transactions", "settlements", "settlement_jobs",
+    "products", "orders", "idempotency_keys", "buyer_holdings", "transactions", "settlements",
+    "settlement_jobs",
     "procrastinate_jobs", "procrastinate_events", "procrastinate_periodic_defers",
     "procrastinate_workers",
 }  # fmt: skip
+
+
+def _head(url: str) -> str | None:
+    return ScriptDirectory.from_config(migrations.alembic_config(url)).get_current_head()
 
 
 async def _tables(url: str) -> set[str]:
@@ -74,7 +80,7 @@ async def test_a_database_stamped_with_a_renamed_revision_id_upgrades(admin_url:
         try:
             await conn.execute("UPDATE alembic_version SET version_num = '0002_place_order_batch'")
             migrations.upgrade(url)
-            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0004"
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == _head(url)
         finally:
             await conn.close()
         assert await _tables(url) >= EXPECTED_TABLES

@@ -25,6 +25,9 @@ def test_placing_an_order_documents_every_refusal_under_its_status() -> None:
 
     assert {error.code for error in refusals} >= {
         "OUT_OF_STOCK",
+        "SALE_NOT_STARTED",
+        "SALE_ENDED",
+        "PURCHASE_LIMIT_EXCEEDED",
         "ORDERS_BUSY",
         "PAYLOAD_TOO_LARGE",
     }
@@ -44,3 +47,21 @@ def test_admin_routes_document_the_api_key_and_their_own_errors() -> None:
     assert cancel["409"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorEnvelope"
     }
+
+
+def test_shop_rules_are_documented() -> None:
+    spec = create_app(load_settings()).openapi()
+    schemas = spec["components"]["schemas"]
+    cancel = spec["paths"]["/orders/{order_id}/cancel"]["post"]
+
+    for model in ("Product", "ProductCreate", "ProductUpdate"):
+        assert {"max_per_buyer", "sale_starts_at", "sale_ends_at"} <= set(
+            schemas[model]["properties"]
+        ), model
+    assert "cancelled_at" in schemas["Order"]["properties"]
+    assert {"200", "400", "401", "404"} <= set(cancel["responses"])
+    assert "ORDER_NOT_FOUND" in cancel["responses"]["404"]["description"]
+    assert cancel["security"] == [{"HTTPBearer": []}]
+    status = next(p for p in spec["paths"]["/orders"]["get"]["parameters"] if p["name"] == "status")
+    assert "CANCELLED" in str(status["schema"])
+    assert "Retry-After" in spec["paths"]["/orders"]["post"]["description"]

@@ -21,9 +21,16 @@ class AppError(Exception):
     # The reason an order placement refused with this error is counted under (None: not counted).
     refusal: ClassVar[str | None] = None
 
-    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.detail_message = message or self.message
         self.details = details
+        self.headers = dict(headers or {})  # sent with the error's response
         super().__init__(self.detail_message)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 BIGINT_MAX = 2**63 - 1
 
@@ -21,6 +23,29 @@ def _printable(value: str) -> str:
 
 # Annotate a str with this to reject control characters and padding.
 Printable = AfterValidator(_printable)
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})", re.IGNORECASE
+)
+_RFC3339_HINT = "must be an RFC 3339 timestamp with an offset, e.g. 2026-12-24T18:00:00Z"
+
+
+def _rfc3339(value: object) -> datetime:
+    """An RFC 3339 timestamp with its offset (no naive times, no epoch numbers), in UTC,
+    microseconds at most (PostgreSQL's precision), years 1970-9999."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError(_RFC3339_HINT)
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise ValueError(f"{_RFC3339_HINT} (this one is not a valid date or time)") from None
+    if parsed.year < 1970:
+        raise ValueError("must be in 1970-9999")
+    return parsed.astimezone(UTC)
+
+
+# A point in time, given as RFC 3339 with an offset, kept (and returned) in UTC.
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 RowId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
 Limit = Annotated[int, Field(ge=1, le=100)]

@@ -62,6 +62,27 @@ async def test_product_writes_with_the_key_succeed(secured: httpx.AsyncClient) -
     assert created.status_code == 201
 
 
+async def test_cancelling_an_order_needs_the_key(
+    secured: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool)
+    order = await secured.post(
+        "/orders", json={"product_id": product["id"], "quantity": 1, "buyer_id": "b"}
+    )
+    cancel = f"/orders/{order.json()['id']}/cancel"
+
+    refused = [
+        await secured.post(cancel),
+        await secured.post(cancel, headers={"Authorization": "Bearer wrong"}),
+    ]
+    accepted = await secured.post(cancel, headers={"Authorization": f"Bearer {API_KEY}"})
+
+    assert [r.status_code for r in refused] == [401, 401]
+    assert accepted.status_code == 200
+    assert accepted.json()["status"] == "CANCELLED"
+    assert await pool.fetchval("SELECT stock FROM products WHERE id = $1", product["id"]) == 100
+
+
 async def test_jobs_and_downloads_need_the_key(secured: httpx.AsyncClient) -> None:
     job_id = "job_00000000-0000-4000-8000-000000000000"
     wrong = {"Authorization": "Bearer wrong"}

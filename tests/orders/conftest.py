@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
+
+from flashsale.bench.harness import LiveServer
+from tests.support import running_server
 
 
 @pytest.fixture
@@ -26,3 +30,16 @@ async def orders_trap(pool: asyncpg.Pool) -> AsyncIterator[None]:
     )
     yield
     await pool.execute("DROP TRIGGER test_trap ON orders; DROP FUNCTION test_trap()")
+
+
+@pytest.fixture(scope="session")
+def coalescing_server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
+    """A second process with coalescing on (the session's `server` is the first)."""
+    with running_server(database_url, logs_dir) as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def single_order_server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
+    with running_server(database_url, logs_dir, ORDER_COALESCING="off") as live:
+        yield live

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -14,37 +11,7 @@ import pytest
 
 from flashsale.bench.harness import LiveServer
 from tests.factories import confirmed_quantity, make_product, stock_of
-from tests.support import http_client, running_server
-
-
-@pytest.fixture(scope="module")
-def coalescing_server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
-    """A second process with coalescing on (the session's `server` is the first)."""
-    with running_server(database_url, logs_dir) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def single_order_server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
-    with running_server(database_url, logs_dir, ORDER_COALESCING="off") as live:
-        yield live
-
-
-async def _post_all(
-    requests: list[tuple[httpx.AsyncClient, dict[str, object], dict[str, str]]],
-) -> list[httpx.Response]:
-    start = asyncio.Event()
-
-    async def one(
-        client: httpx.AsyncClient, body: dict[str, object], headers: dict[str, str]
-    ) -> httpx.Response:
-        await start.wait()  # release all requests at once
-        return await client.post("/orders", json=body, headers=headers)
-
-    tasks = [asyncio.create_task(one(*request)) for request in requests]
-    await asyncio.sleep(0)
-    start.set()
-    return await asyncio.gather(*tasks)
+from tests.support import http_client, post_all_at_once
 
 
 async def test_mixed_crowd_with_repeated_keys_keeps_every_ledger(
@@ -66,7 +33,7 @@ async def test_mixed_crowd_with_repeated_keys_keeps_every_ledger(
             body = {"product_id": rng.choice(list(initial)), "quantity": rng.randint(1, 5)}
             requests.append((client, {**body, "buyer_id": f"b{i}"}, {}))
 
-    responses = await _post_all(requests)
+    responses = await post_all_at_once(requests)
 
     codes = Counter(
         r.json()["error"]["code"] if r.status_code != 201 else "CREATED" for r in responses
@@ -107,7 +74,7 @@ async def test_three_processes_on_one_product_never_oversell(
     ):
         clients = (first, second, third)
         body = {"product_id": product["id"], "quantity": 1}
-        responses = await _post_all(
+        responses = await post_all_at_once(
             [(clients[i % 3], {**body, "buyer_id": f"b{i}"}, {}) for i in range(600)]
         )
 
@@ -122,7 +89,7 @@ async def test_with_coalescing_off_every_order_is_its_own_write(
     product = await make_product(pool, stock=100)
     async with http_client(single_order_server.url, 300) as client:
         body = {"product_id": product["id"], "quantity": 1}
-        responses = await _post_all(
+        responses = await post_all_at_once(
             [(client, {**body, "buyer_id": f"b{i}"}, {}) for i in range(300)]
         )
 

@@ -25,7 +25,7 @@ async def test_order_lifecycle_create_get_list(
     order = created.json()
     assert set(order) == {
         "id", "product_id", "buyer_id", "quantity", "status", "total_cents", "created_at",
-        "updated_at",
+        "updated_at", "cancelled_at",
     }  # fmt: skip
     assert order["status"] == "CONFIRMED"
     assert order["total_cents"] == 2000

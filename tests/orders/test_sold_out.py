@@ -130,6 +130,27 @@ async def test_a_restock_through_one_process_reaches_the_other_at_once(
     assert await confirmed_quantity(pool, product_id) == 5
 
 
+async def test_a_cancellation_through_one_process_reaches_the_other_at_once(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient], pool: asyncpg.Pool
+) -> None:
+    product_id = await _sell_out_everywhere(clients, pool)
+    order_id = await pool.fetchval(
+        "SELECT id FROM orders WHERE product_id = $1 LIMIT 1", product_id
+    )
+
+    cancelled = await clients[0].post(f"/orders/{order_id}/cancel")
+    assert cancelled.status_code == 200
+
+    deadline = time.monotonic() + 10
+    while (status := await _order(clients[1], product_id)) == 409:
+        assert time.monotonic() < deadline, "the cancellation never reached the other process"
+        await asyncio.sleep(0.01)
+    assert status == 201
+    assert await _order(clients[0], product_id) == 409  # the database's answer: sold out again
+    assert await stock_of(pool, product_id) == 0
+    assert await confirmed_quantity(pool, product_id) == 2
+
+
 def _request(product_id: int, key: str | None = None) -> OrderRequest:
     return OrderRequest.of(OrderCreate(product_id=product_id, quantity=1, buyer_id="b"), key)
 
@@ -146,7 +167,7 @@ async def test_a_mark_is_trusted_only_for_its_bound(database_url: str) -> None:
     sold_out = SoldOut(max_age_s=0.2)
     async with sold_out.listening(database_url):
         await _listening(sold_out)
-        sold_out.record(7, 0, epoch=sold_out.epoch)
+        sold_out.record(7, True, epoch=sold_out.epoch)
 
         with pytest.raises(OutOfStock):
             sold_out.check(_request(7))
@@ -161,8 +182,8 @@ async def test_an_answer_sent_before_a_restock_does_not_mark_the_product(databas
         await _listening(sold_out)
         sent_at = sold_out.epoch
         sold_out.forget(7)  # a restock's notification arrives while the answer is on its way
-        sold_out.record(7, 0, epoch=sent_at)
-        sold_out.record(8, 1, epoch=sold_out.epoch)  # stock left: not sold out
+        sold_out.record(7, True, epoch=sent_at)
+        sold_out.record(8, False, epoch=sold_out.epoch)  # stock left: not sold out
 
         sold_out.check(_request(7))
         sold_out.check(_request(8))
@@ -171,7 +192,7 @@ async def test_an_answer_sent_before_a_restock_does_not_mark_the_product(databas
 async def test_nothing_is_remembered_while_restocks_cannot_be_heard() -> None:
     sold_out = SoldOut(max_age_s=60)  # never listening
 
-    sold_out.record(7, 0, epoch=sold_out.epoch)
+    sold_out.record(7, True, epoch=sold_out.epoch)
 
     sold_out.check(_request(7))
 
@@ -182,7 +203,7 @@ async def test_a_lost_listener_forgets_everything_until_it_listens_again(
     sold_out = SoldOut(max_age_s=60)
     async with sold_out.listening(database_url):
         await _listening(sold_out)
-        sold_out.record(7, 0, epoch=sold_out.epoch)
+        sold_out.record(7, True, epoch=sold_out.epoch)
 
         await pool.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
@@ -193,10 +214,10 @@ async def test_a_lost_listener_forgets_everything_until_it_listens_again(
                 break
             await asyncio.sleep(0.01)
         sold_out.check(_request(7))  # forgotten: restocks could have been missed
-        sold_out.record(7, 0, epoch=sold_out.epoch)
+        sold_out.record(7, True, epoch=sold_out.epoch)
         sold_out.check(_request(7))  # and nothing is remembered while deaf
 
         await _listening(sold_out)  # back, after its reconnect delay
-        sold_out.record(7, 0, epoch=sold_out.epoch)
+        sold_out.record(7, True, epoch=sold_out.epoch)
         with pytest.raises(OutOfStock):
             sold_out.check(_request(7))

@@ -16,7 +16,13 @@ async def test_create_then_get_with_etag(client: httpx.AsyncClient) -> None:
 
     assert created.status_code == 201
     product = created.json()
-    assert set(product) == {"id", "name", "price", "stock", "version", "created_at", "updated_at"}
+    assert set(product) == {
+        "id", "name", "price", "stock", "version", "created_at", "updated_at",
+        "max_per_buyer", "sale_starts_at", "sale_ends_at",
+    }  # fmt: skip
+    assert (product["max_per_buyer"], product["sale_starts_at"], product["sale_ends_at"]) == (
+        None, None, None,
+    )  # fmt: skip
     assert (product["name"], product["price"], product["stock"], product["version"]) == (
         "Sneaker", 12_999, 50, 1,
     )  # fmt: skip
@@ -162,3 +168,109 @@ async def test_malformed_product_id_is_400(client: httpx.AsyncClient, path: str)
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_sale_rules_are_set_returned_in_utc_and_cleared(client: httpx.AsyncClient) -> None:
+    created = await client.post(
+        "/products",
+        json={"name": "drop", "price": 100, "stock": 10, "max_per_buyer": 2,
+              "sale_starts_at": "2030-01-01T10:00:00+02:00",
+              "sale_ends_at": "2030-01-01T12:30:00.5Z"},
+    )  # fmt: skip
+    assert created.status_code == 201
+    product = created.json()
+    assert (product["max_per_buyer"], product["sale_starts_at"], product["sale_ends_at"]) == (
+        2, "2030-01-01T08:00:00Z", "2030-01-01T12:30:00.500000Z",
+    )  # fmt: skip
+    assert (await client.get(f"/products/{product['id']}")).json() == product
+
+    patched = await client.patch(
+        f"/products/{product['id']}",
+        json={"max_per_buyer": None, "sale_ends_at": None},
+        headers={"If-Match": '"1"'},
+    )
+    assert patched.status_code == 200
+    assert (patched.json()["max_per_buyer"], patched.json()["sale_ends_at"]) == (None, None)
+    assert patched.json()["sale_starts_at"] == "2030-01-01T08:00:00Z"  # absent: unchanged
+    assert patched.json()["stock"] == 10
+
+
+@pytest.mark.parametrize(
+    ("rules", "field"),
+    [
+        ({"max_per_buyer": 0}, "max_per_buyer"),
+        ({"max_per_buyer": 1_000_001}, "max_per_buyer"),
+        ({"max_per_buyer": "2"}, "max_per_buyer"),
+        ({"sale_starts_at": "2030-01-01T10:00:00"}, "sale_starts_at"),  # no offset
+        ({"sale_starts_at": "2030-01-01"}, "sale_starts_at"),
+        ({"sale_starts_at": 1893456000}, "sale_starts_at"),  # epoch seconds
+        ({"sale_starts_at": "2030-02-30T10:00:00Z"}, "sale_starts_at"),
+        ({"sale_starts_at": "1969-12-31T23:59:59Z"}, "sale_starts_at"),
+        ({"sale_starts_at": "2030-01-01T10:00:00Z", "sale_ends_at": "2030-01-01T10:00:00Z"},
+         "body"),
+        ({"sale_starts_at": "2030-01-01T10:00:00Z", "sale_ends_at": "2030-01-01T09:00:00Z"},
+         "body"),
+    ],
+)  # fmt: skip
+async def test_invalid_sale_rules_are_400(
+    client: httpx.AsyncClient, rules: dict[str, object], field: str
+) -> None:
+    response = await client.post("/products", json={"name": "p", "price": 1, "stock": 1, **rules})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["details"][0]["field"] == field
+
+
+async def test_a_window_end_patched_before_the_stored_start_is_400(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post(
+        "/products",
+        json={"name": "p", "price": 1, "stock": 1, "sale_starts_at": "2030-01-01T10:00:00Z"},
+    )
+    product_id = created.json()["id"]
+
+    crossing = await client.patch(
+        f"/products/{product_id}",
+        json={"sale_ends_at": "2030-01-01T09:00:00Z"},
+        headers={"If-Match": '"1"'},
+    )
+
+    assert crossing.status_code == 400
+    assert crossing.json()["error"]["details"] == [
+        {"field": "sale_ends_at", "message": "must be after sale_starts_at"}
+    ]
+    assert (await client.get(f"/products/{product_id}")).json()["version"] == 1
+
+
+async def test_a_limit_set_later_counts_what_buyers_already_hold(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    product = await make_product(pool, stock=100)
+    body = {"product_id": product["id"], "quantity": 2, "buyer_id": "early"}
+    for _ in range(2):
+        assert (await client.post("/orders", json=body)).status_code == 201
+
+    limited = await client.patch(
+        f"/products/{product['id']}", json={"max_per_buyer": 5}, headers={"If-Match": '"3"'}
+    )
+    refused = await client.post("/orders", json=body)  # 4 held + 2 > 5
+    one_more = await client.post("/orders", json={**body, "quantity": 1})
+    cleared = await client.patch(
+        f"/products/{product['id']}", json={"max_per_buyer": None}, headers={"If-Match": '"5"'}
+    )
+    unlimited = await client.post("/orders", json=body)
+
+    assert limited.status_code == 200
+    assert refused.json()["error"]["code"] == "PURCHASE_LIMIT_EXCEEDED"
+    assert one_more.status_code == 201
+    assert cleared.status_code == 200
+    assert unlimited.status_code == 201
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM buyer_holdings WHERE product_id = $1", product["id"]
+        )
+        == 0
+    )

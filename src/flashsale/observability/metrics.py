@@ -54,6 +54,14 @@ ORDERS_CREATED = Counter(
 ORDER_UNITS_SOLD = Counter(
     "flashsale_order_units_sold", "Units sold by the orders placed", registry=REGISTRY
 )
+ORDERS_CANCELLED = Counter(
+    "flashsale_orders_cancelled", "Orders cancelled (each once)", registry=REGISTRY
+)
+ORDER_UNITS_RETURNED = Counter(
+    "flashsale_order_units_returned",
+    "Units put back in stock by cancelled orders",
+    registry=REGISTRY,
+)
 ORDERS_REJECTED = Counter(
     "flashsale_orders_rejected",
     "Order placements refused, by reason",
@@ -209,6 +217,11 @@ def observe_db_operation(seconds: float, label: str | None = None) -> None:
 def record_order_placed(quantity: int) -> None:
     ORDERS_CREATED.inc()
     ORDER_UNITS_SOLD.inc(quantity)
+
+
+def record_order_cancelled(quantity: int) -> None:
+    ORDERS_CANCELLED.inc()
+    ORDER_UNITS_RETURNED.inc(quantity)
 
 
 def record_error(scope: Scope, error: AppError) -> None:

@@ -5,15 +5,31 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, status
 
-from flashsale.deps import Db
-from flashsale.errors import DatabaseTimeout, DatabaseUnavailable, InternalError, ValidationFailed
+from flashsale.deps import AdminOnly, Db
+from flashsale.errors import (
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    InternalError,
+    Unauthorized,
+    ValidationFailed,
+)
+from flashsale.observability import metrics
 from flashsale.orders import service
-from flashsale.orders.schemas import BuyerId, Order, OrderCreate, OrderList, OrderWithProduct
+from flashsale.orders.schemas import (
+    BuyerId,
+    Order,
+    OrderCreate,
+    OrderList,
+    OrderStatus,
+    OrderWithProduct,
+)
 from flashsale.products.service import ProductNotFound
 from flashsale.schemas import Limit, Offset, RowId
 from flashsale.web.errors import documented
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+
+OrderId = Annotated[UUID, Path(description="Order id (UUID)")]
 
 
 @router.post(
@@ -23,6 +39,9 @@ router = APIRouter(prefix="/orders", tags=["orders"])
         ValidationFailed,
         ProductNotFound,
         service.OutOfStock,
+        service.SaleNotStarted,
+        service.SaleEnded,
+        service.PurchaseLimitExceeded,
         service.IdempotencyKeyInUse,
         service.IdempotencyKeyReused,
         DatabaseUnavailable,
@@ -32,6 +51,13 @@ router = APIRouter(prefix="/orders", tags=["orders"])
     ),
     response_model=Order,
     summary="Buy: reserve stock and create a CONFIRMED order, atomically",
+    description="Refused (409) outside the product's sale window (`SALE_NOT_STARTED` with "
+    "`Retry-After`: whole seconds until the start; `SALE_ENDED`), when the stock left cannot "
+    "cover the whole quantity (`OUT_OF_STOCK`), or when the buyer's CONFIRMED units plus this "
+    "quantity would exceed `max_per_buyer` (`PURCHASE_LIMIT_EXCEEDED`), decided by the database "
+    "in that order. With an `Idempotency-Key`, the same key and body replay the first answer, "
+    "refusals included, with `Idempotent-Replayed: true`; an order's replay is its original "
+    "201 response even after the order was cancelled (GET /orders/{order_id} shows it now).",
 )
 async def create_order(
     body: OrderCreate,
@@ -51,15 +77,22 @@ async def create_order(
     summary="List orders, newest first",
 )
 async def list_orders(
+    *,
     database: Db,
     limit: Annotated[Limit, Query()] = 20,
     offset: Annotated[Offset, Query()] = 0,
     buyer_id: Annotated[BuyerId | None, Query()] = None,
     product_id: Annotated[RowId | None, Query()] = None,
+    status: Annotated[OrderStatus | None, Query()] = None,
 ) -> OrderList:
     async with database.connection() as conn:
         orders = await service.list_orders(
-            conn, limit=limit, offset=offset, buyer_id=buyer_id, product_id=product_id
+            conn,
+            limit=limit,
+            offset=offset,
+            buyer_id=buyer_id,
+            product_id=product_id,
+            status=status,
         )
     return OrderList(orders=orders, limit=limit, offset=offset)
 
@@ -69,8 +102,25 @@ async def list_orders(
     responses=documented(ValidationFailed, service.OrderNotFound),
     summary="Get an order with its product",
 )
-async def get_order(
-    order_id: Annotated[UUID, Path(description="Order id (UUID)")], database: Db
-) -> OrderWithProduct:
+async def get_order(order_id: OrderId, database: Db) -> OrderWithProduct:
     async with database.connection() as conn:
         return await service.get_order(conn, order_id=order_id)
+
+
+@router.post(
+    "/{order_id}/cancel",
+    responses=documented(
+        ValidationFailed, Unauthorized, service.OrderNotFound, DatabaseUnavailable, DatabaseTimeout
+    ),
+    dependencies=[AdminOnly],
+    summary="Cancel an order: CANCELLED, and its units back in the product's stock",
+    description="Idempotent: a repeated or concurrent cancellation answers 200 with the same "
+    "cancelled order, and the units go back once. The units stop counting toward the buyer's "
+    "`max_per_buyer`, and a sold-out product sells again at once.",
+)
+async def cancel_order(order_id: OrderId, database: Db) -> Order:
+    async with database.connection() as conn:
+        cancellation = await service.cancel_order(conn, order_id=order_id)
+    if cancellation.cancelled_now:
+        metrics.record_order_cancelled(cancellation.order.quantity)
+    return cancellation.order

@@ -19,8 +19,8 @@ arrival. Idempotency keys:
 - everything else (stored records, keys held by other processes) is decided inside the database
   function with the same advisory lock and lookup as a single keyed order.
 
-A product the batch left at stock 0 is marked in the process's sold-out cache (`sold_out.py`);
-its later unkeyed orders are refused before they queue.
+A product the batch left sold out (on sale, stock 0) is marked in the process's sold-out cache
+(`sold_out.py`); its later unkeyed orders are refused before they queue.
 
 The batch commits for all its members or for none: if its statement fails, every member gets a
 503 and nothing is written. A caller cancelled while waiting (client gone) leaves its queue; one
@@ -211,7 +211,7 @@ class OrderCoalescer:
                 placement = await service.place_order_batch(
                     conn, product_id=product_id, requests=requests, idempotency_ttl_s=self._ttl_s
                 )
-            self._sold_out.record(product_id, placement.stock_left, epoch=epoch)
+            self._sold_out.record(product_id, placement.sold_out, epoch=epoch)
             return placement.outcomes
         except AppError as exc:  # DATABASE_UNAVAILABLE, DATABASE_TIMEOUT (already logged)
             failure = exc
@@ -237,4 +237,4 @@ def _shared(outcome: Outcome) -> Outcome:
 
 def _copy(error: AppError) -> AppError:
     """Each caller raises its own exception object (a shared one would collect tracebacks)."""
-    return type(error)(error.detail_message, details=error.details)
+    return type(error)(error.detail_message, details=error.details, headers=error.headers)

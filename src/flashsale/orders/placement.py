@@ -43,7 +43,7 @@ class DirectPlacement:
             placement = await service.place_order(
                 conn, request=request, idempotency_ttl_s=self._ttl_s
             )
-        self._sold_out.record(request.data.product_id, placement.stock_left, epoch=epoch)
+        self._sold_out.record(request.data.product_id, placement.sold_out, epoch=epoch)
         (outcome,) = placement.outcomes
         if isinstance(outcome, AppError):
             raise outcome

@@ -13,6 +13,7 @@ MAX_ORDER_QUANTITY = 10_000
 
 BuyerId = Annotated[str, Field(min_length=1, max_length=128), Printable]
 Quantity = Annotated[int, Field(ge=1, le=MAX_ORDER_QUANTITY)]
+OrderStatus = Literal["CONFIRMED", "CANCELLED"]
 
 
 class OrderCreate(RequestBody):
@@ -26,10 +27,11 @@ class Order(BaseModel):
     product_id: int
     buyer_id: str
     quantity: int
-    status: Literal["CONFIRMED"]
+    status: OrderStatus
     total_cents: int
     created_at: datetime
     updated_at: datetime
+    cancelled_at: datetime | None = Field(description="When it was cancelled (null: it is not)")
 
 
 class OrderProduct(BaseModel):

@@ -1,16 +1,15 @@
-"""Orders: reserve stock and record the order in one statement; never oversell.
-
-`place_order` without an `Idempotency-Key` is one SQL statement in autocommit: the guarded UPDATE
-takes the product's row lock, the INSERT uses what it returned, and the lock is released the
-moment the statement commits. One round trip holds the hot row's lock for the shortest time.
+"""Orders: every placement is decided in one statement by the database; never oversell.
 
 `place_order_batch` places many orders for one product in one call of the `place_order_batch()`
-database function (defined in migration 0004), one transaction: flash-sale mode's statement (see
-`coalescer.py`). It also takes the key's advisory lock, looks up an earlier result (replayed when
-the body matches, 422 when it does not) and stores the outcome with the order, so a keyed single
-order goes through it too, as a batch of one: idempotency is implemented once, in the database.
+database function (migration 0005), one transaction: it takes the product's row lock, applies
+the shop's rules (sale window, first fit on stock, the per-buyer limit) in arrival order, takes
+each key's advisory lock, looks up an earlier result (replayed when the body matches, 422 when it
+does not) and stores the outcome with the order. Flash-sale mode sends it batches (see
+`coalescer.py`); a single order (ORDER_COALESCING=off) is a batch of one. The rules and
+idempotency are implemented once, in the database, on its clock.
 
-Both answer with the product's stock after the statement, which feeds the sold-out cache.
+`cancel_order` is one call of `cancel_order()`: the order CANCELLED and its units back in stock,
+once, however many cancellations race.
 """
 
 from __future__ import annotations
@@ -21,9 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
+import asyncpg
+
 from flashsale.db import Connection
 from flashsale.errors import AppError, NotFound, ValidationFailed
-from flashsale.orders.schemas import Order, OrderCreate, OrderProduct, OrderWithProduct
+from flashsale.orders.schemas import (
+    Order,
+    OrderCreate,
+    OrderProduct,
+    OrderStatus,
+    OrderWithProduct,
+)
 from flashsale.products.service import ProductNotFound
 
 
@@ -53,6 +60,27 @@ class IdempotencyKeyReused(AppError):
     refusal = "idempotency_key_reused"
 
 
+class SaleNotStarted(AppError):
+    status_code = 409
+    code = "SALE_NOT_STARTED"
+    message = "The sale of this product has not started; retry after Retry-After seconds"
+    refusal = "sale_not_started"
+
+
+class SaleEnded(AppError):
+    status_code = 409
+    code = "SALE_ENDED"
+    message = "The sale of this product has ended"
+    refusal = "sale_ended"
+
+
+class PurchaseLimitExceeded(AppError):
+    status_code = 409
+    code = "PURCHASE_LIMIT_EXCEEDED"
+    message = "This order would take the buyer past the product's max_per_buyer"
+    refusal = "purchase_limit_exceeded"
+
+
 class OrdersBusy(AppError):
     status_code = 503
     code = "ORDERS_BUSY"
@@ -70,28 +98,21 @@ class OrderBatchFailed(AppError):
 # Every refusal `place_order_batch()` can return, by code.
 _BATCH_REFUSALS: dict[str, type[AppError]] = {
     error.code: error
-    for error in (OutOfStock, ProductNotFound, IdempotencyKeyInUse, IdempotencyKeyReused)
+    for error in (
+        OutOfStock,
+        ProductNotFound,
+        SaleNotStarted,
+        SaleEnded,
+        PurchaseLimitExceeded,
+        IdempotencyKeyInUse,
+        IdempotencyKeyReused,
+    )
 }
+# Sent with a refusal that was stored under the request's Idempotency-Key, as with a replayed order.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 _ORDER_FIELDS = tuple(Order.model_fields)
 _ORDER_COLUMNS = ", ".join(_ORDER_FIELDS)
-
-PLACE_ORDER_SQL = f"""
-WITH reserved AS (
-    UPDATE products
-    SET stock = stock - $2, version = version + 1, updated_at = now()
-    WHERE id = $1 AND stock >= $2
-    RETURNING id, price, stock
-), created AS (
-    INSERT INTO orders (product_id, buyer_id, quantity, total_cents)
-    SELECT id, $3, $2, price * $2 FROM reserved
-    RETURNING {_ORDER_COLUMNS}
-)
-SELECT created.*,
-       coalesce((SELECT stock FROM reserved), (SELECT stock FROM products WHERE id = $1))
-           AS stock_left
-FROM (VALUES (1)) AS one LEFT JOIN created ON true
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +149,11 @@ class Placement:
     """What one placement statement answered."""
 
     outcomes: list[Outcome]  # one per request, in the order they were sent
-    stock_left: int | None  # the product's stock afterwards; None when there is no such product
+    # The product is on sale with no stock left: every order without a key would be refused.
+    sold_out: bool
 
 
-# The function's body: migrations/versions/2026_12_01_0004_orders_at_scale.py.
+# The function's body: migrations/versions/2026_12_02_0005_shop_rules.py.
 PLACE_ORDER_BATCH_SQL = "SELECT * FROM place_order_batch($1, $2, $3, $4, $5, $6)"
 
 
@@ -153,46 +175,56 @@ async def place_order_batch(
         [r.fingerprint for r in requests],
         float(idempotency_ttl_s),
     )
-    outcomes: list[Outcome] = []
-    for row in rows:
-        outcome = row["outcome"]
-        if outcome in ("CREATED", "REPLAYED"):
-            order = Order(**{k: row[k] for k in _ORDER_FIELDS})
-            outcomes.append(PlacedOrder(order, replayed=outcome == "REPLAYED"))
-        else:
-            outcomes.append(_BATCH_REFUSALS[outcome]())
-    return Placement(outcomes, rows[0]["stock_left"] if rows else None)
+    return Placement([_outcome(row) for row in rows], bool(rows) and rows[0]["sold_out"])
+
+
+def _outcome(row: asyncpg.Record) -> Outcome:
+    outcome = row["outcome"]
+    if outcome in ("CREATED", "REPLAYED"):
+        order = Order(**{k: row[k] for k in _ORDER_FIELDS})
+        return PlacedOrder(order, replayed=outcome == "REPLAYED")
+    headers = {REPLAYED_HEADER: "true"} if row["replayed"] else {}
+    if row["sale_opens_in_s"] is not None:
+        headers["Retry-After"] = str(row["sale_opens_in_s"])
+    return _BATCH_REFUSALS[outcome](headers=headers)
 
 
 async def place_order(
     conn: Connection, *, request: OrderRequest, idempotency_ttl_s: int = 86400
 ) -> Placement:
-    """One order: the single statement, or with a key a batch of one."""
-    if request.idempotency_key is not None:
-        return await place_order_batch(
-            conn,
-            product_id=request.data.product_id,
-            requests=[request],
-            idempotency_ttl_s=idempotency_ttl_s,
-        )
-    data = request.data
-    row = await conn.fetchrow(PLACE_ORDER_SQL, data.product_id, data.quantity, data.buyer_id)
-    assert row is not None
-    outcome: Outcome
-    if row["id"] is not None:
-        outcome = PlacedOrder(Order(**{k: row[k] for k in _ORDER_FIELDS}))
-    elif row["stock_left"] is not None:
-        outcome = OutOfStock()
-    else:
-        outcome = ProductNotFound()
-    return Placement([outcome], row["stock_left"])
+    """One order: a batch of one."""
+    return await place_order_batch(
+        conn,
+        product_id=request.data.product_id,
+        requests=[request],
+        idempotency_ttl_s=idempotency_ttl_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    order: Order
+    cancelled_now: bool  # False: it was cancelled before, and nothing changed
+
+
+# The function's body: migrations/versions/2026_12_02_0005_shop_rules.py.
+CANCEL_ORDER_SQL = "SELECT * FROM cancel_order($1)"
+
+
+async def cancel_order(conn: Connection, *, order_id: UUID) -> Cancellation:
+    """Cancel the order and put its units back in stock, once; a repeated (or concurrent)
+    cancellation answers the same cancelled order."""
+    row = await conn.fetchrow(CANCEL_ORDER_SQL, order_id)
+    if row is None:
+        raise OrderNotFound()
+    return Cancellation(Order(**{k: row[k] for k in _ORDER_FIELDS}), row["cancelled_now"])
 
 
 async def get_order(conn: Connection, *, order_id: UUID) -> OrderWithProduct:
     row = await conn.fetchrow(
         """
         SELECT o.id, o.product_id, o.buyer_id, o.quantity, o.status, o.total_cents,
-               o.created_at, o.updated_at,
+               o.created_at, o.updated_at, o.cancelled_at,
                p.name AS product_name, p.stock AS product_stock, p.price AS product_price
         FROM orders o JOIN products p ON p.id = o.product_id
         WHERE o.id = $1
@@ -217,6 +249,7 @@ async def list_orders(
     offset: int,
     buyer_id: str | None = None,
     product_id: int | None = None,
+    status: OrderStatus | None = None,
 ) -> list[Order]:
     """Newest first. Filters become fixed SQL fragments with parameters, so each combination
     gets its own plan that can use its index."""
@@ -228,6 +261,9 @@ async def list_orders(
     if product_id is not None:
         args.append(product_id)
         conditions.append(f"product_id = ${len(args)}")
+    if status is not None:
+        args.append(status)
+        conditions.append(f"status = ${len(args)}")
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = await conn.fetch(
         f"SELECT {_ORDER_COLUMNS} FROM orders {where} "

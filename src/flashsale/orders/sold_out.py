@@ -1,13 +1,14 @@
 """The sold-out fast path: the long tail of a flash sale answered from memory.
 
 Once a product sells out, most of a flash sale's requests are late buyers who will all get 409
-OUT_OF_STOCK. Each process remembers which products a placement statement left at stock 0 and
-answers those buyers itself, without a database round trip, until the stock goes up again.
+OUT_OF_STOCK. Each process remembers which products a placement statement left sold out (on
+sale, with stock 0) and answers those buyers itself, without a database round trip, until the
+stock goes up again (a restock or a cancellation).
 
 - **Never a 201 without stock**: only refusals come from here; every order is still decided by
   the database.
 - **Restocks reach every process at once**: a trigger on `products` (migration 0004) sends a
-  NOTIFY on every stock increase, whatever made it (a PATCH restock, later a cancellation); each
+  NOTIFY on every stock increase, whatever made it (a PATCH restock, a cancellation); each
   process LISTENs on its own connection and forgets the product on arrival.
 - **No stale mark from a race**: a placement marks a product only if no notification (and no
   reconnection of the listener) arrived since it was sent (`epoch`), so a restock committed
@@ -16,6 +17,8 @@ answers those buyers itself, without a database round trip, until the stock goes
   (everything is forgotten when it drops), and a mark is trusted for at most `max_age_s`
   (`SOLD_OUT_CACHE_S`), after which the next buyer asks the database again.
 - Requests with an `Idempotency-Key` always go to the database: their outcome must be stored.
+- A sale that ends while its product is marked sold out is refused OUT_OF_STOCK (not SALE_ENDED)
+  from here until the mark's age runs out: both are true, and the database decides after that.
 """
 
 from __future__ import annotations
@@ -74,9 +77,9 @@ class SoldOut:
         """Take it before sending a placement statement; pass it to `record` with the answer."""
         return self._epoch
 
-    def record(self, product_id: int, stock_left: int | None, *, epoch: int) -> None:
-        """What a placement statement sent at `epoch` left in stock."""
-        if stock_left == 0 and self._listening and epoch == self._epoch:
+    def record(self, product_id: int, sold_out: bool, *, epoch: int) -> None:
+        """Whether a placement statement sent at `epoch` left the product sold out."""
+        if sold_out and self._listening and epoch == self._epoch:
             self._since[product_id] = time.monotonic()
 
     def forget(self, product_id: int | None = None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncpg
+
 from flashsale.db import Connection
-from flashsale.errors import AppError, NotFound
+from flashsale.errors import AppError, NotFound, ValidationFailed
 from flashsale.products.schemas import Product, ProductCreate, ProductUpdate
 
 
@@ -25,15 +27,21 @@ class VersionRequired(AppError):
     message = "Updating a product requires an 'If-Match: <version>' header"
 
 
-_COLUMNS = "id, name, price, stock, version, created_at, updated_at"
+_COLUMNS = ", ".join(Product.model_fields)
 
 
 async def create_product(conn: Connection, *, data: ProductCreate) -> Product:
     row = await conn.fetchrow(
-        f"INSERT INTO products (name, price, stock) VALUES ($1, $2, $3) RETURNING {_COLUMNS}",
+        f"""
+        INSERT INTO products (name, price, stock, max_per_buyer, sale_starts_at, sale_ends_at)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}
+        """,
         data.name,
         data.price,
         data.stock,
+        data.max_per_buyer,
+        data.sale_starts_at,
+        data.sale_ends_at,
     )
     assert row is not None
     return Product(**row)
@@ -56,24 +64,44 @@ async def list_products(conn: Connection, *, limit: int, offset: int) -> list[Pr
 async def update_product(
     conn: Connection, *, product_id: int, expected_version: int, changes: ProductUpdate
 ) -> Product:
-    """Apply `changes` only if the row still has `expected_version`; bump the version."""
-    row = await conn.fetchrow(
-        f"""
-        UPDATE products
-        SET name = coalesce($3, name),
-            price = coalesce($4, price),
-            stock = coalesce($5, stock),
-            version = version + 1,
-            updated_at = now()
-        WHERE id = $1 AND version = $2
-        RETURNING {_COLUMNS}
-        """,
-        product_id,
-        expected_version,
-        changes.name,
-        changes.price,
-        changes.stock,
-    )
+    """Apply `changes` only if the row still has `expected_version`; bump the version. Setting
+    a limit where there was none counts the buyers' confirmed units (a trigger, migration 0005).
+    """
+    try:
+        row = await conn.fetchrow(
+            f"""
+            UPDATE products
+            SET name = coalesce($3, name),
+                price = coalesce($4, price),
+                stock = coalesce($5, stock),
+                max_per_buyer = CASE WHEN $6 THEN $7::integer ELSE max_per_buyer END,
+                sale_starts_at = CASE WHEN $8 THEN $9::timestamptz ELSE sale_starts_at END,
+                sale_ends_at = CASE WHEN $10 THEN $11::timestamptz ELSE sale_ends_at END,
+                version = version + 1,
+                updated_at = now()
+            WHERE id = $1 AND version = $2
+            RETURNING {_COLUMNS}
+            """,
+            product_id,
+            expected_version,
+            changes.name,
+            changes.price,
+            changes.stock,
+            changes.sets("max_per_buyer"),
+            changes.max_per_buyer,
+            changes.sets("sale_starts_at"),
+            changes.sale_starts_at,
+            changes.sets("sale_ends_at"),
+            changes.sale_ends_at,
+        )
+    except asyncpg.CheckViolationError as exc:
+        # Only one end of the window was sent, and it crosses the stored other end.
+        if exc.constraint_name == "ck_products_sale_window":
+            raise ValidationFailed(
+                "sale_ends_at must be after sale_starts_at",
+                details=[{"field": "sale_ends_at", "message": "must be after sale_starts_at"}],
+            ) from None
+        raise
     if row is not None:
         return Product(**row)
     # Products are never deleted, so "exists now" means "existed then": no race here.

@@ -65,10 +65,11 @@ def documented(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
 
 
 def error_response(error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = {**error.headers, **(headers or {})}
     if error.status_code == 503:
-        headers = {"Retry-After": "1", **(headers or {})}
+        headers.setdefault("Retry-After", "1")
     elif error.status_code == 401:
-        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+        headers.setdefault("WWW-Authenticate", "Bearer")
     body = ErrorBody(code=error.code, message=error.detail_message, details=error.details)
     return JSONResponse(
         {"error": body.model_dump(exclude_none=True)},

@@ -8,10 +8,9 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from flashsale.migrations import revision_module
 
 revision = "0004"
 down_revision = "0003"
@@ -43,10 +42,38 @@ def upgrade() -> None:
         """
     )
     op.execute(
+        "DROP FUNCTION place_order_batch(bigint, integer[], text[], text[], bytea[],"
+        " double precision)"
+    )
+    create_place_order_batch()
+    op.execute(
+        f"""
+        -- Every stock increase (a restock, later a cancellation), whatever made it, tells the
+        -- servers listening on this channel to forget that the product was sold out; so does a
+        -- new product (its id may have been used before, e.g. after TRUNCATE ... RESTART IDENTITY).
+        CREATE FUNCTION notify_stock_increased() RETURNS trigger
+        LANGUAGE plpgsql
+        AS $$
+        BEGIN
+            PERFORM pg_notify('{STOCK_INCREASED_CHANNEL}', NEW.id::text);
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER tr_products_stock_increased
+            AFTER UPDATE OF stock ON products
+            FOR EACH ROW WHEN (NEW.stock > OLD.stock)
+            EXECUTE FUNCTION notify_stock_increased();
+        CREATE TRIGGER tr_products_created
+            AFTER INSERT ON products
+            FOR EACH ROW EXECUTE FUNCTION notify_stock_increased();
         """
-        DROP FUNCTION place_order_batch(bigint, integer[], text[], text[], bytea[],
-                                        double precision);
+    )
 
+
+def create_place_order_batch() -> None:
+    """The function as this revision makes it (revision 0005's downgrade makes it again)."""
+    op.execute(
+        """
         -- Places the orders of one batch, all for one product, in arrival order (entry i is the
         -- i-th element of every array) and returns one row per entry, in that order:
         --   CREATED | REPLAYED (with the order), or the refusal's code: OUT_OF_STOCK,
@@ -176,28 +203,6 @@ def upgrade() -> None:
         $fn$;
         """
     )
-    op.execute(
-        f"""
-        -- Every stock increase (a restock, later a cancellation), whatever made it, tells the
-        -- servers listening on this channel to forget that the product was sold out; so does a
-        -- new product (its id may have been used before, e.g. after TRUNCATE ... RESTART IDENTITY).
-        CREATE FUNCTION notify_stock_increased() RETURNS trigger
-        LANGUAGE plpgsql
-        AS $$
-        BEGIN
-            PERFORM pg_notify('{STOCK_INCREASED_CHANNEL}', NEW.id::text);
-            RETURN NULL;
-        END
-        $$;
-        CREATE TRIGGER tr_products_stock_increased
-            AFTER UPDATE OF stock ON products
-            FOR EACH ROW WHEN (NEW.stock > OLD.stock)
-            EXECUTE FUNCTION notify_stock_increased();
-        CREATE TRIGGER tr_products_created
-            AFTER INSERT ON products
-            FOR EACH ROW EXECUTE FUNCTION notify_stock_increased();
-        """
-    )
 
 
 def downgrade() -> None:
@@ -213,10 +218,4 @@ def downgrade() -> None:
         """
     )
     # The function as revision 0002 made it.
-    path = Path(__file__).with_name("2026_11_25_0002_place_order_batch.py")
-    spec = importlib.util.spec_from_file_location("revision_0002", path)
-    assert spec is not None
-    assert spec.loader is not None
-    revision_0002 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(revision_0002)
-    revision_0002.upgrade()
+    revision_module("2026_11_25_0002_place_order_batch.py").upgrade()
