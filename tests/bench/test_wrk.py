@@ -127,6 +127,40 @@ async def test_wrk_orders_and_http_ceiling(server: LiveServer, pool: asyncpg.Poo
     assert ceiling.socket_errors.total == 0
 
 
+async def test_wrk_numbered_requests_give_each_order_its_own_buyer(
+    server: LiveServer, pool: asyncpg.Pool
+) -> None:
+    executable = require_tool("wrk", "wrk")
+    product_id = await _product(pool)
+    body = json.dumps({"product_id": product_id, "quantity": 1, "buyer_id": f"b{wrk.COUNTER}"})
+    assert "function request()" in wrk.script("POST", body)
+
+    runs = [
+        await asyncio.to_thread(
+            wrk.run,
+            f"{server.url}/orders",
+            connections=4,
+            seconds=1,
+            method="POST",
+            body=body,
+            executable=executable,
+        )
+        for _ in range(2)
+    ]
+
+    for result in runs:
+        assert result.non_2xx == 0
+    rows = await _settled_orders(pool, product_id)
+    assert rows >= sum(result.ok for result in runs) > 0
+    # Unique across both runs: each run of the script has its own prefix.
+    assert (
+        await pool.fetchval(
+            "SELECT count(DISTINCT buyer_id) FROM orders WHERE product_id = $1", product_id
+        )
+        == rows
+    )
+
+
 async def test_python_generator_orders_and_http_ceiling(
     server: LiveServer, pool: asyncpg.Pool
 ) -> None:

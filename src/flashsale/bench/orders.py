@@ -56,6 +56,8 @@ TARGET_X_PGBENCH = 1.5  # orders/s vs pgbench's best, at 64 connections
 TARGET_GROWN = 0.9  # grown table vs fresh table
 TARGET_P99_MS = {64: 50.0, 512: 250.0}
 TARGET_SOLD_OUT_X_CEILING = 0.8
+TARGET_RULES = 0.8  # max_per_buyer on the hot product vs none, buyers spread
+RULE_ROUNDS = 2
 
 
 # --- pgbench: the database's best single-order rate -------------------------------------------
@@ -132,6 +134,8 @@ class Load:
         body: dict[str, Any] | None = None,
     ) -> LoadResult:  # fmt: skip
         text = None if body is None else json.dumps(body)
+        if text is not None and wrk.COUNTER in text and self.wrk_path is None:
+            raise RuntimeError("numbered requests need wrk (Debian package: wrk)")
         if self.wrk_path is not None:
             result = wrk.run(
                 server.url + path, connections=connections, seconds=seconds, method=method,
@@ -192,12 +196,14 @@ class BenchDatabase:
     def fetchval(self, sql: str, *args: Any) -> Any:
         return self.runner.run(self.conn.fetchval(sql, *args))
 
-    def create_product(self, what: str, stock: int) -> int:
+    def create_product(self, what: str, stock: int, *, max_per_buyer: int | None = None) -> int:
         product_id = int(
             self.fetchval(
-                "INSERT INTO products (name, price, stock) VALUES ($1, 1000, $2) RETURNING id",
+                "INSERT INTO products (name, price, stock, max_per_buyer) "
+                "VALUES ($1, 1000, $2, $3) RETURNING id",
                 f"bench {what}",
                 stock,
+                max_per_buyer,
             )
         )
         self.products[product_id] = (what, stock)
@@ -236,6 +242,12 @@ class BenchDatabase:
     def count_orders(self, product_id: int) -> int:
         return self.runner.run(
             self._count("SELECT count(*) FROM orders WHERE product_id = $1", product_id)
+        )
+
+    def counters(self, product_id: int) -> int:
+        """Buyers holding units of the product (rows of its per-buyer limit's counters)."""
+        return self.runner.run(
+            self._count("SELECT count(*) FROM buyer_holdings WHERE product_id = $1", product_id)
         )
 
     def count_all_orders(self) -> int:
@@ -431,26 +443,35 @@ class Bench:
     pgbench_best: float = math.nan
     runs: list[OrdersRun] = field(default_factory=list)
     grown: list[tuple[OrdersRun, OrdersRun]] = field(default_factory=list)
+    rules: list[tuple[OrdersRun, OrdersRun]] = field(default_factory=list)  # (plain, limited)
     sold_out: list[SoldOutRun] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def ceiling(self, server: LiveServer, connections: int) -> LoadResult:
-        """The same crowd on an unknown route: routing, middleware and the error envelope."""
-        options: dict[str, Any] = {"connections": connections, "method": "GET"}
+    def ceiling(
+        self, server: LiveServer, connections: int, body: dict[str, Any] | None = None
+    ) -> LoadResult:
+        """The same crowd on an unknown route: routing, middleware and the error envelope (with
+        a body: POSTed, as numbered requests cost wrk more)."""
+        options: dict[str, Any] = {
+            "connections": connections, "method": "GET" if body is None else "POST", "body": body,
+        }  # fmt: skip
         self.load.run(server, seconds=WARMUP_S, path=CEILING_PATH, **options)
         result = self.load.run(server, seconds=self.seconds, path=CEILING_PATH, **options)
         check = "all 404: ok" if result.non_2xx == result.requests else "MISMATCH: some 2xx"
         if result.non_2xx != result.requests:
             self.problems.append(f"HTTP ceiling at {connections}: {result.ok} 2xx answers")
-        print(f"    HTTP ceiling, GET {CEILING_PATH}: {result.summary()}  ({check})")
+        print(
+            f"    HTTP ceiling, {options['method']} {CEILING_PATH}: {result.summary()}  ({check})"
+        )
         return result
 
     def orders(
         self, server: LiveServer, label: str, *, product_id: int, connections: int, table: str,
-        ceiling: LoadResult,
+        ceiling: LoadResult, buyers: str = "bench-buyer", record: bool = True,
     ) -> OrdersRun:  # fmt: skip
+        """`buyers`: every order's buyer_id (containing `wrk.COUNTER`: a new buyer per order)."""
         db = self.db
-        body = {"product_id": product_id, "quantity": 1, "buyer_id": "bench-buyer"}
+        body = {"product_id": product_id, "quantity": 1, "buyer_id": buyers}
         options: dict[str, Any] = {
             "connections": connections, "method": "POST", "path": "/orders", "body": body,
         }  # fmt: skip
@@ -505,8 +526,34 @@ class Bench:
         if not run.count_ok:
             self.problems.append(f"{label}, {connections} connections, {table}: "
                                  f"{run.count_check()}")  # fmt: skip
-        self.runs.append(run)
+        if record:
+            self.runs.append(run)
         return run
+
+    def shop_rules(self, server: LiveServer, label: str, connections: int) -> None:
+        """Orders from a new buyer each (so a new counter row each) on a hot product with
+        `max_per_buyer`, beside the same orders on one without, alternating, `RULE_ROUNDS`
+        times; the ceiling with the same numbered requests."""
+        ceiling = self.ceiling(server, connections, body={"buyer_id": f"b{wrk.COUNTER}"})
+        for _ in range(RULE_ROUNDS):
+            runs = {}
+            for limit in (None, 2):
+                what = f"max_per_buyer={limit}" if limit else "no limit"
+                print(f"    a new buyer per order, {what}:")
+                product_id = self.db.create_product(
+                    f"hot product, {what}", HUGE_STOCK, max_per_buyer=limit
+                )
+                runs[limit] = self.orders(
+                    server, label, product_id=product_id, connections=connections,
+                    table="grown", ceiling=ceiling, buyers=f"b{wrk.COUNTER}", record=False,
+                )  # fmt: skip
+            counters = self.db.counters(product_id)
+            if counters != self.db.count_orders(product_id):
+                self.problems.append(f"{label}: {counters:,} buyer counters for the limited "
+                                     "product's orders (one each expected)")  # fmt: skip
+            ratio = runs[2].result.rate / runs[None].result.rate
+            print(f"        limited / plain: {ratio:.2f}x   (target >= {TARGET_RULES})")
+            self.rules.append((runs[None], runs[2]))
 
     def existing_orders(self, rows: int) -> None:
         product_id = self.db.create_product("existing orders (cold)", rows)
@@ -722,6 +769,8 @@ def _run(
                     ratio = grown.result.rate / fresh.result.rate
                     print(f"        grown / fresh: {ratio:.2f}x   (target >= {TARGET_GROWN})")
                     bench.grown.append((fresh, grown))
+                if index == 0 and load.wrk_path is not None:
+                    bench.shop_rules(server, label, count)
                 bench.sold_out_tail(server, label, sold_out, count, ceiling)
 
     _ledger(bench)
@@ -749,7 +798,12 @@ def _summary(bench: Bench, best_clients: int) -> None:
         f"\nsummary  (pgbench best {bench.pgbench_best:,.0f} orders/s at {best_clients} clients; "
         f"{bench.seconds} s per run)"
     )
-    misses = _summary_orders(bench) + _summary_grown(bench) + _summary_sold_out(bench)
+    misses = (
+        _summary_orders(bench)
+        + _summary_grown(bench)
+        + _summary_rules(bench)
+        + _summary_sold_out(bench)
+    )
     print()
     if misses:
         print("targets missed:")
@@ -824,6 +878,24 @@ def _summary_grown(bench: Bench) -> list[str]:
                 f"{fresh.label}, {fresh.connections} connections: grown table "
                 f"{ratio:.2f}x fresh < {TARGET_GROWN}"
             )
+    return misses
+
+
+def _summary_rules(bench: Bench) -> list[str]:
+    misses = []
+    if bench.rules:
+        print(f"\n  max_per_buyer on the hot product vs none, a new buyer per order "
+              f"(target >= {TARGET_RULES}x)")  # fmt: skip
+    for plain, limited in bench.rules:
+        ratio = limited.result.rate / plain.result.rate
+        print(
+            f"  {plain.connections:5d}  {plain.result.rate:8,.0f} -> {limited.result.rate:8,.0f}"
+            f" orders/s, p99 {plain.result.percentile_ms(99):.1f} -> "
+            f"{limited.result.percentile_ms(99):.1f} ms: {ratio:.2f}x"
+            f"{_mark(ratio >= TARGET_RULES)}  {plain.label}"
+        )
+        if ratio < TARGET_RULES:
+            misses.append(f"{plain.label}: max_per_buyer {ratio:.2f}x plain < {TARGET_RULES}")
     return misses
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -58,12 +59,28 @@ end
 """
 
 
+# In a body, replaced in each request by a number no other request of any run has: see `script`.
+COUNTER = "@COUNTER@"
+
+
 def script(method: str, body: str | None = None) -> str:
-    """The Lua script: a static request, and `done()` printing the result as one JSON line."""
+    """The Lua script: a static request, and `done()` printing the result as one JSON line.
+
+    A body containing `COUNTER` gets a `request()` callback instead, which puts there this
+    script's random prefix and the request's number (e.g. a new buyer id per order): a little
+    Lua per request, so measure the ceiling with the same kind of script."""
     lines = [f"wrk.method = {lua_string(method)}"]
     if body is not None:
         lines.append(f"wrk.body = {lua_string(body)}")
         lines.append('wrk.headers["Content-Type"] = "application/json"')
+    if body is not None and COUNTER in body:
+        head, tail = body.split(COUNTER, 1)
+        head += f"{secrets.token_hex(4)}-"
+        lines.append(
+            f"local head, tail, n = {lua_string(head)}, {lua_string(tail)}, 0\n"
+            "function request()\n   n = n + 1\n"
+            "   return wrk.format(nil, nil, nil, head .. n .. tail)\nend"
+        )
     lines.append(f"local marker = {lua_string(MARKER)}")
     percentiles = ", ".join(
         f'string.format("\\"p{p:g}\\": %d", latency:percentile({p:g}))' for p in PERCENTILES
