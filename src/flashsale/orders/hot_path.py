@@ -27,7 +27,12 @@ from flashsale.errors import AppError, InternalError, PayloadTooLarge, Validatio
 from flashsale.observability import metrics
 from flashsale.orders.api import router
 from flashsale.orders.schemas import Order, OrderCreate
-from flashsale.orders.service import OrderRequest, PlacedOrder, validate_idempotency_key
+from flashsale.orders.service import (
+    REPLAYED_HEADER,
+    OrderRequest,
+    PlacedOrder,
+    validate_idempotency_key,
+)
 from flashsale.web.errors import respond
 
 log = structlog.get_logger()
@@ -36,7 +41,7 @@ PATH = "/orders"
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _ORDER_JSON = TypeAdapter(Order)
 _JSON = (b"content-type", b"application/json")
-_REPLAYED = (b"idempotent-replayed", b"true")
+_REPLAYED = (REPLAYED_HEADER.lower().encode(), b"true")
 
 
 class _Disconnected(Exception):

@@ -184,8 +184,8 @@ def _outcome(row: asyncpg.Record) -> Outcome:
         order = Order(**{k: row[k] for k in _ORDER_FIELDS})
         return PlacedOrder(order, replayed=outcome == "REPLAYED")
     headers = {REPLAYED_HEADER: "true"} if row["replayed"] else {}
-    if row["sale_opens_in_s"] is not None:
-        headers["Retry-After"] = str(row["sale_opens_in_s"])
+    if outcome == SaleNotStarted.code and row["sale_opens_in_s"] is not None:
+        headers["Retry-After"] = str(row["sale_opens_in_s"])  # NULL on a replay after the start
     return _BATCH_REFUSALS[outcome](headers=headers)
 
 

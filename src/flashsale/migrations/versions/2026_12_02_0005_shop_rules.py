@@ -145,8 +145,10 @@ def upgrade() -> None:
             v_closed  text;     -- the window's answer to every entry, while it is not open
             v_opens   bigint;
             v_left    bigint;
-            slots     integer[];  -- entry i's buyer, as an index into `held`
-            held      bigint[];   -- each buyer's confirmed units, as the batch grants more
+            slots     integer[];  -- entry i's buyer, as the index of its first entry
+            held      bigint[];   -- at a buyer's first entry: their units, as the batch grants
+            counted   boolean[];  -- the buyer already has a counter row
+            raised    boolean := false;  -- an existing counter row must change
         BEGIN
             -- 1. Keys first, before the row lock: a key another transaction holds is IN_USE at
             -- once; each lookup is a new statement, so its snapshot sees a first request that
@@ -192,19 +194,17 @@ def upgrade() -> None:
                 v_closed := 'SALE_ENDED';
             END IF;
             IF v_product.max_per_buyer IS NOT NULL AND v_closed IS NULL THEN
-                -- Each distinct buyer of the batch gets a slot; held[slot] starts at the units
-                -- they hold (one primary-key lookup per buyer; the lock keeps it current).
-                WITH buyers AS (
-                    SELECT b.buyer_id, row_number() OVER (ORDER BY b.buyer_id)::integer AS slot
-                    FROM (SELECT DISTINCT e.buyer_id FROM unnest(p_buyer_ids) AS e(buyer_id)) b
-                )
-                SELECT (SELECT array_agg(coalesce(h.units, 0) ORDER BY b.slot)
-                        FROM buyers b LEFT JOIN buyer_holdings h
-                            ON h.product_id = p_product_id AND h.buyer_id = b.buyer_id),
-                       (SELECT array_agg(b.slot ORDER BY e.i)
-                        FROM unnest(p_buyer_ids) WITH ORDINALITY AS e(buyer_id, i)
-                        JOIN buyers b ON b.buyer_id = e.buyer_id)
-                INTO held, slots;
+                -- What each entry's buyer holds (one primary-key probe each; the lock keeps it
+                -- current), and `slots`: the entry where that buyer first appears, whose
+                -- `held` element counts for all of the buyer's entries as the batch grants more.
+                SELECT array_agg(coalesce(h.units, 0) ORDER BY e.i),
+                       array_agg(e.first ORDER BY e.i),
+                       array_agg(h.units IS NOT NULL ORDER BY e.i)
+                INTO held, slots, counted
+                FROM (SELECT b.buyer_id, b.i, min(b.i) OVER (PARTITION BY b.buyer_id) AS first
+                      FROM unnest(p_buyer_ids) WITH ORDINALITY AS b(buyer_id, i)) e
+                LEFT JOIN buyer_holdings h
+                    ON h.product_id = p_product_id AND h.buyer_id = e.buyer_id;
             END IF;
             FOR i IN 1..n LOOP
                 CONTINUE WHEN outcomes[i] IS NOT NULL;
@@ -224,6 +224,7 @@ def upgrade() -> None:
                     v_left := v_left - p_quantities[i];
                     IF v_product.max_per_buyer IS NOT NULL THEN
                         held[slots[i]] := held[slots[i]] + p_quantities[i];
+                        raised := raised OR counted[i];
                     END IF;
                 END IF;
             END LOOP;
@@ -246,14 +247,20 @@ def upgrade() -> None:
                     updated_at = now()
                 WHERE id = p_product_id;
                 IF v_product.max_per_buyer IS NOT NULL THEN
-                    INSERT INTO buyer_holdings AS h (product_id, buyer_id, units)
-                    SELECT p_product_id, e.buyer_id, sum(e.quantity)
-                    FROM unnest(p_buyer_ids, p_quantities, outcomes)
-                        AS e(buyer_id, quantity, outcome)
-                    WHERE e.outcome = 'CREATED'
-                    GROUP BY e.buyer_id
-                    ON CONFLICT ON CONSTRAINT pk_buyer_holdings
-                    DO UPDATE SET units = h.units + excluded.units;
+                    -- Plain INSERTs for new buyers (no ON CONFLICT: under the lock nobody else
+                    -- writes this product's counters) and an UPDATE only if a known one bought.
+                    INSERT INTO buyer_holdings (product_id, buyer_id, units)
+                    SELECT p_product_id, e.buyer_id, e.units
+                    FROM unnest(p_buyer_ids, slots, held, counted) WITH ORDINALITY
+                        AS e(buyer_id, slot, units, counted, i)
+                    WHERE e.slot = e.i AND NOT e.counted AND e.units > 0;
+                    IF raised THEN
+                        UPDATE buyer_holdings h SET units = e.units
+                        FROM unnest(p_buyer_ids, slots, held, counted) WITH ORDINALITY
+                            AS e(buyer_id, slot, units, counted, i)
+                        WHERE e.slot = e.i AND e.counted AND h.units <> e.units
+                          AND h.product_id = p_product_id AND h.buyer_id = e.buyer_id;
+                    END IF;
                 END IF;
             END IF;
             INSERT INTO idempotency_keys (key, request_hash, order_id, error_code, expires_at)
