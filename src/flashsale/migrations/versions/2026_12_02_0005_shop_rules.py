@@ -138,6 +138,7 @@ def upgrade() -> None:
             fresh     boolean[] := array_fill(false, ARRAY[n]);  -- decided here, not replayed
             order_ids uuid[] := array_fill(NULL::uuid, ARRAY[n]);
             known     orders[] := '{{}}';  -- the orders this batch answers with
+            keyed     boolean := false;
             earlier   record;
             v_order   orders;
             v_product products;
@@ -155,6 +156,7 @@ def upgrade() -> None:
             -- committed just before we took the lock.
             FOR i IN 1..n LOOP
                 CONTINUE WHEN p_keys[i] IS NULL;
+                keyed := true;
                 IF NOT pg_try_advisory_xact_lock(hashtextextended(p_keys[i], 7)) THEN
                     outcomes[i] := 'IDEMPOTENCY_KEY_IN_USE';
                     CONTINUE;
@@ -263,18 +265,20 @@ def upgrade() -> None:
                     END IF;
                 END IF;
             END IF;
-            INSERT INTO idempotency_keys (key, request_hash, order_id, error_code, expires_at)
-            SELECT e.key, e.hash,
-                   CASE WHEN e.outcome = 'CREATED' THEN e.id END,
-                   NULLIF(e.outcome, 'CREATED'),
-                   now() + make_interval(secs => p_ttl_s)
-            FROM unnest(p_keys, p_hashes, order_ids, outcomes, fresh)
-                AS e(key, hash, id, outcome, fresh)
-            WHERE e.key IS NOT NULL AND e.fresh
-            ON CONFLICT (key) DO UPDATE  -- only an expired record can be here: we hold the lock
-            SET request_hash = excluded.request_hash, order_id = excluded.order_id,
-                error_code = excluded.error_code, created_at = now(),
-                expires_at = excluded.expires_at;
+            IF keyed THEN  -- a statement fewer for orders without keys
+                INSERT INTO idempotency_keys (key, request_hash, order_id, error_code, expires_at)
+                SELECT e.key, e.hash,
+                       CASE WHEN e.outcome = 'CREATED' THEN e.id END,
+                       NULLIF(e.outcome, 'CREATED'),
+                       now() + make_interval(secs => p_ttl_s)
+                FROM unnest(p_keys, p_hashes, order_ids, outcomes, fresh)
+                    AS e(key, hash, id, outcome, fresh)
+                WHERE e.key IS NOT NULL AND e.fresh
+                ON CONFLICT (key) DO UPDATE  -- only an expired record can be here: we hold the lock
+                SET request_hash = excluded.request_hash, order_id = excluded.order_id,
+                    error_code = excluded.error_code, created_at = now(),
+                    expires_at = excluded.expires_at;
+            END IF;
 
             -- 4. One row per entry, in arrival order, with its order where there is one: matched
             -- in memory against what this function already holds, never read from the table.
