@@ -32,14 +32,18 @@ async def orders_trap(pool: asyncpg.Pool) -> AsyncIterator[None]:
     await pool.execute("DROP TRIGGER test_trap ON orders; DROP FUNCTION test_trap()")
 
 
+# Order servers beside the session's `server`, kept for the session. They run no job worker: a
+# settlement job deferred through `server` must run there (its CSV is under its DATA_DIR).
 @pytest.fixture(scope="session")
 def coalescing_server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
     """A second process with coalescing on (the session's `server` is the first)."""
-    with running_server(database_url, logs_dir) as live:
+    with running_server(database_url, logs_dir, EMBEDDED_WORKER="false") as live:
         yield live
 
 
 @pytest.fixture(scope="session")
 def single_order_server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
-    with running_server(database_url, logs_dir, ORDER_COALESCING="off") as live:
+    with running_server(
+        database_url, logs_dir, ORDER_COALESCING="off", EMBEDDED_WORKER="false"
+    ) as live:
         yield live
