@@ -41,6 +41,14 @@ def servers(
     return _servers(request.param, server, coalescing_server, single_order_server)
 
 
+@pytest.fixture(params=["coalescing", "single-order"])
+def one_server(
+    request: pytest.FixtureRequest, server: LiveServer, single_order_server: LiveServer
+) -> LiveServer:
+    """Each placement mode in one process."""
+    return server if request.param == "coalescing" else single_order_server
+
+
 async def _db_now(pool: asyncpg.Pool) -> datetime:
     now = await pool.fetchval("SELECT now()")
     assert isinstance(now, datetime)
@@ -109,15 +117,10 @@ async def test_a_batch_counts_earlier_members_against_later_ones_in_arrival_orde
     assert await confirmed_quantity(pool, product["id"]) == 4
 
 
-@pytest.mark.parametrize("mode", ["coalescing", "single-order"])
 async def test_a_sale_window_opens_and_closes_on_the_database_clock(
-    mode: str,
-    server: LiveServer,
-    coalescing_server: LiveServer,
-    single_order_server: LiveServer,
-    pool: asyncpg.Pool,
+    one_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
-    (live,) = _servers(mode, server, coalescing_server, single_order_server)
+    live = one_server
     starts = await _db_now(pool) + timedelta(seconds=3)
     ends = starts + timedelta(seconds=3)
     async with http_client(live.url) as client:
@@ -271,15 +274,10 @@ async def test_a_replay_after_a_cancel_is_the_original_response(
     assert await stock_of(pool, product["id"]) == 10
 
 
-@pytest.mark.parametrize("mode", ["coalescing", "single-order"])
 async def test_refusals_under_a_key_replay_with_the_replay_header(
-    mode: str,
-    server: LiveServer,
-    coalescing_server: LiveServer,
-    single_order_server: LiveServer,
-    pool: asyncpg.Pool,
+    one_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
-    (live,) = _servers(mode, server, coalescing_server, single_order_server)
+    live = one_server
     limited = await make_product(pool, stock=10, max_per_buyer=1)
     starts = await _db_now(pool) + timedelta(hours=1)
     async with http_client(live.url) as client:
@@ -295,7 +293,7 @@ async def test_refusals_under_a_key_replay_with_the_replay_header(
             ({"product_id": later["id"], "quantity": 1, "buyer_id": "b"}, "SALE_NOT_STARTED"),
         ]
         for index, (body, code) in enumerate(cases):
-            headers = {"Idempotency-Key": f"{mode}-refused-{index}"}
+            headers = {"Idempotency-Key": f"{live.port}-refused-{index}"}
             first = await client.post("/orders", json=body, headers=headers)
             replay = await client.post("/orders", json=body, headers=headers)
 
