@@ -147,7 +147,7 @@ def upgrade() -> None:
             v_opens   bigint;
             v_left    bigint;
             slots     integer[];  -- entry i's buyer, as the index of its first entry
-            held      bigint[];   -- at a buyer's first entry: their units, as the batch grants
+            held      bigint[];   -- at a buyer's first entry: their units, growing with grants
             counted   boolean[];  -- the buyer already has a counter row
             raised    boolean := false;  -- an existing counter row must change
         BEGIN
