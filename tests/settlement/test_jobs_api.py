@@ -113,7 +113,10 @@ async def test_a_finished_job_cannot_be_cancelled(client: httpx.AsyncClient) -> 
     response = await client.post(f"/jobs/{job['job_id']}/cancel")
 
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "JOB_NOT_CANCELLABLE"
+    assert response.json()["error"] == {
+        "code": "JOB_NOT_CANCELLABLE",
+        "message": "The job has already finished (COMPLETED)",
+    }
     assert (await client.get(f"/jobs/{job['job_id']}")).json()["status"] == "COMPLETED"
 
 

@@ -135,7 +135,10 @@ async def test_cancelling_a_running_job_cancels_its_in_flight_queries_and_writes
         await eventually(lambda: _not_blocked(pool, server), "the job's queries were cancelled")
         again = await client.post(f"/jobs/{job_id}/cancel")
         assert again.status_code == 409
-        assert again.json()["error"]["code"] == "JOB_NOT_CANCELLABLE"
+        assert again.json()["error"] == {
+            "code": "JOB_NOT_CANCELLABLE",
+            "message": "The job was already cancelled",
+        }
 
     await eventually(lambda: _task_gone(pool, job_id), "the job's task ended")
     job = (await client.get(f"/jobs/{job_id}")).json()

@@ -98,7 +98,7 @@ class PlaceOrderEndpoint:
             raise ValidationFailed.from_errors(exc.errors()) from None
         key = None
         for name, value in scope["headers"]:
-            if name == _IDEMPOTENCY_KEY and value:
+            if name == _IDEMPOTENCY_KEY:  # present but empty is a 400, not "no key"
                 key = validate_idempotency_key(value.decode("latin-1"))
                 break
         return await state_of(self._api).orders.place(OrderRequest.of(data, key))

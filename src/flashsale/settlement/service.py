@@ -160,8 +160,11 @@ async def cancel_job(conn: Connection, *, job_id: UUID) -> float | None:
     if cancelled is not None:
         ran_s: float | None = cancelled["ran_s"]
         return ran_s
-    if await conn.fetchval("SELECT true FROM settlement_jobs WHERE id = $1", job_id):
-        raise JobNotCancellable()
+    status = await conn.fetchval("SELECT status FROM settlement_jobs WHERE id = $1", job_id)
+    if status == "CANCELLED":
+        raise JobNotCancellable("The job was already cancelled")
+    if status is not None:
+        raise JobNotCancellable(f"The job has already finished ({status})")
     raise JobNotFound()
 
 
