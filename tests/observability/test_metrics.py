@@ -349,3 +349,17 @@ async def test_a_crowd_shows_in_the_batch_size_histogram(
     assert batched >= 50
     assert 1 <= batches <= 200
     assert after.value("flashsale_orders_waiting", state="queued") >= 0
+
+
+async def test_a_metrics_directory_nobody_made_yet_is_created(
+    database_url: str, logs_dir: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "not" / "made"
+    with running_server(
+        database_url, logs_dir, WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(directory)
+    ) as server:
+        async with http_client(server.url) as client:
+            scraped = await scrape(client)
+
+    assert scraped.value("flashsale_db_pool_max_connections") > 0
+    assert any(directory.glob("*.db"))

@@ -23,6 +23,10 @@ from flashsale.request_context import method, operation
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client chose in-memory or file-backed values by this same test, at its import.
 MULTIPROCESS = MULTIPROC_DIR_VARIABLE in os.environ
+if MULTIPROCESS:
+    # The series below are files there from their creation on: a directory the environment
+    # names but nobody made yet must exist first (`multiprocess_directory` wipes it at start).
+    os.makedirs(os.environ[MULTIPROC_DIR_VARIABLE], exist_ok=True)
 
 # `*_created` series would double the output (and read oddly as `orders_created_created`).
 disable_created_metrics()  # type: ignore[no-untyped-call]
