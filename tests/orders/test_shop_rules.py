@@ -21,16 +21,6 @@ from tests.support import http_client, post_all_at_once
 MODES = ["coalescing", "single-order", "two-processes"]
 
 
-def _servers(
-    mode: str, server: LiveServer, coalescing: LiveServer, single: LiveServer
-) -> list[LiveServer]:
-    return {
-        "coalescing": [server],
-        "single-order": [single],
-        "two-processes": [server, coalescing],
-    }[mode]
-
-
 @pytest.fixture(params=MODES)
 def servers(
     request: pytest.FixtureRequest,
@@ -38,7 +28,11 @@ def servers(
     coalescing_server: LiveServer,
     single_order_server: LiveServer,
 ) -> list[LiveServer]:
-    return _servers(request.param, server, coalescing_server, single_order_server)
+    return {
+        "coalescing": [server],
+        "single-order": [single_order_server],
+        "two-processes": [server, coalescing_server],
+    }[request.param]
 
 
 @pytest.fixture(params=["coalescing", "single-order"])

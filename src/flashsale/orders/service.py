@@ -180,11 +180,15 @@ async def place_order_batch(
     return Placement([_outcome(row) for row in rows], bool(rows) and rows[0]["sold_out"])
 
 
+def _order(row: asyncpg.Record) -> Order:
+    """The order in a row that carries other columns too."""
+    return Order(**{k: row[k] for k in _ORDER_FIELDS})
+
+
 def _outcome(row: asyncpg.Record) -> Outcome:
     outcome = row["outcome"]
     if outcome in ("CREATED", "REPLAYED"):
-        order = Order(**{k: row[k] for k in _ORDER_FIELDS})
-        return PlacedOrder(order, replayed=outcome == "REPLAYED")
+        return PlacedOrder(_order(row), replayed=outcome == "REPLAYED")
     headers = {REPLAYED_HEADER: "true"} if row["replayed"] else {}
     if outcome == SaleNotStarted.code and row["sale_opens_in_s"] is not None:
         headers["Retry-After"] = str(row["sale_opens_in_s"])  # NULL on a replay after the start
@@ -219,8 +223,7 @@ async def place_order(
             PLACE_PLAIN_ORDER_SQL, data.product_id, data.quantity, data.buyer_id
         )
         if row is not None:
-            order = Order(**{k: row[k] for k in _ORDER_FIELDS})
-            return Placement([PlacedOrder(order)], sold_out=row["stock_left"] == 0)
+            return Placement([PlacedOrder(_order(row))], sold_out=row["stock_left"] == 0)
     return await place_order_batch(
         conn,
         product_id=request.data.product_id,
@@ -245,7 +248,7 @@ async def cancel_order(conn: Connection, *, order_id: UUID) -> Cancellation:
     row = await conn.fetchrow(CANCEL_ORDER_SQL, order_id)
     if row is None:
         raise OrderNotFound()
-    return Cancellation(Order(**{k: row[k] for k in _ORDER_FIELDS}), row["cancelled_now"])
+    return Cancellation(_order(row), row["cancelled_now"])
 
 
 async def get_order(conn: Connection, *, order_id: UUID) -> OrderWithProduct:
