@@ -472,7 +472,7 @@ async def list_settlements(
         conditions.append(condition.format(*placeholders))
 
     if after is not None:
-        where("(merchant_id, date) > ({}, {})", *after)
+        where("(merchant_id, date) > ({}, {})", after.merchant_id, after.day)
     if merchant_id is not None:
         where("merchant_id = {}", merchant_id)
     if first_day is not None:
@@ -493,4 +493,4 @@ async def list_settlements(
     )
     page = [Settlement(**row) for row in rows[:limit]]
     more = len(rows) > limit
-    return page, (page[-1].merchant_id, page[-1].date) if more else None
+    return page, SettlementKey(page[-1].merchant_id, page[-1].date) if more else None
