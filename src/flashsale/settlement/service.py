@@ -192,7 +192,6 @@ async def cancel_job(conn: Connection, *, job_id: UUID) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class StoredReport:
-    job_id: UUID
     size: int
     finished_at: datetime
 
@@ -208,7 +207,7 @@ async def stored_report(conn: Connection, *, job_id: UUID) -> StoredReport:
         raise FileNotFound()
     if row["report_bytes"] is None:
         raise ReportExpired()
-    return StoredReport(job_id, row["report_bytes"], row["finished_at"])
+    return StoredReport(row["report_bytes"], row["finished_at"])
 
 
 async def report_chunk(conn: Connection, *, job_id: UUID, seq: int) -> bytes | None:
