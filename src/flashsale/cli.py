@@ -1,19 +1,23 @@
 """The `flashsale` command: parses options and dispatches to `processes` (serve, worker,
-migrate), `seeding` (seed) and `bench`."""
+migrate), `seeding` (seed) and `bench`.
+
+Only click is imported here: each command imports what it runs when it runs, so that `--help`,
+`--version` and a typo answer at once instead of after loading the whole service.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import click
-from tqdm import tqdm
 
-from flashsale import migrations, processes
 from flashsale.bench.cli import bench
-from flashsale.config import ConfigError
+from flashsale.errors import CommandError
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 class _Commands(click.Group):
@@ -22,7 +26,7 @@ class _Commands(click.Group):
         traceback."""
         try:
             return super().invoke(ctx)
-        except (ConfigError, processes.StartupError) as exc:
+        except CommandError as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -41,12 +45,16 @@ main.add_command(bench)
 @click.option("--workers", type=int, help="Worker processes [env WEB_CONCURRENCY, default 2]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API (embedded PostgreSQL unless a database is configured)."""
+    from flashsale import processes
+
     processes.serve(processes.settings(server_host=host, server_port=port, web_concurrency=workers))
 
 
 @main.command()
 def worker() -> None:
     """Run settlement jobs (any number of these, on any hosts, against one database)."""
+    from flashsale import processes
+
     processes.work(processes.settings())
 
 
@@ -62,6 +70,8 @@ def migrate(ctx: click.Context) -> None:
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Upgrade to REVISION (default head)."""
+    from flashsale import migrations, processes
+
     with processes.database(processes.settings()) as url:
         migrations.upgrade(url, revision)
 
@@ -70,6 +80,8 @@ def upgrade(revision: str) -> None:
 @click.argument("revision")
 def downgrade(revision: str) -> None:
     """Downgrade to REVISION ('base' removes every table)."""
+    from flashsale import migrations, processes
+
     with processes.database(processes.settings()) as url:
         migrations.downgrade(url, revision)
 
@@ -116,7 +128,9 @@ def seed(
     first_day: date, last_day: date, seed: int, reset: bool,
 ) -> None:  # fmt: skip
     """Create demo products and bulk-load payment transactions (deterministic per --seed)."""
-    from flashsale import seeding
+    from tqdm import tqdm
+
+    from flashsale import processes, seeding
 
     if first_day > last_day:
         raise click.BadParameter("--from must not be after --to")

@@ -15,10 +15,12 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flashsale.errors import CommandError
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class ConfigError(Exception):
+class ConfigError(CommandError):
     """An environment variable has an invalid value; the message names it."""
 
 

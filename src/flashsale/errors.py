@@ -12,6 +12,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 
+class CommandError(Exception):
+    """A command cannot run (a bad setting, a database that cannot be reached or started):
+    `flashsale` prints its message as one line and exits non-zero, without a traceback."""
+
+
 class AppError(Exception):
     """Base of every error a request can be answered with; subclasses fix status and code."""
 

@@ -26,6 +26,7 @@ import structlog
 
 from flashsale import db, migrations
 from flashsale.config import Settings, load_settings
+from flashsale.errors import CommandError
 from flashsale.observability.exposition import multiprocess_directory
 from flashsale.observability.logging import configure_logging
 
@@ -34,7 +35,7 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 
-class StartupError(Exception):
+class StartupError(CommandError):
     """The database a command needs could not be had; the message says why."""
 
 
