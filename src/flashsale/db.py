@@ -102,6 +102,20 @@ def stop_embedded() -> None:
         server.cleanup()
 
 
+async def connection_problem(url: str, *, timeout_s: float) -> str | None:
+    """Why a connection to `url` cannot be had, in one line; None when it can."""
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout_s)
+    except asyncpg.InvalidCatalogNameError as exc:
+        return f"{exc} (create it first, e.g. with createdb)"
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return str(exc)
+    except (OSError, TimeoutError) as exc:
+        return f"cannot connect: {exc or type(exc).__name__}"
+    await conn.close()
+    return None
+
+
 def sqlalchemy_url(url: str) -> str:
     """The same database as a SQLAlchemy URL on the psycopg 3 driver (for Alembic)."""
     scheme, _, rest = url.partition("://")
