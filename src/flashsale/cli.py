@@ -122,24 +122,39 @@ def _parse_day(_: click.Context, __: click.Parameter, value: str) -> date:
     help="Last day of paid_at (UTC, inclusive)",
 )
 @click.option("--seed", default=42, show_default=True, type=int, help="Random seed")
-@click.option("--reset", is_flag=True, help="Empty the transactions table first")
+@click.option("--reset", is_flag=True, help="Replace the transactions already there")
+@click.option("--append", is_flag=True, help="Add to the transactions already there")
 def seed(
     *, products: int, stock: int, price: int, transactions: int, merchants: int,
-    first_day: date, last_day: date, seed: int, reset: bool,
+    first_day: date, last_day: date, seed: int, reset: bool, append: bool,
 ) -> None:  # fmt: skip
-    """Create demo products and bulk-load payment transactions (deterministic per --seed)."""
+    """Create the demo products that do not exist yet and bulk-load payment transactions
+    (deterministic per --seed). Refuses to add to existing transactions without --append or
+    --reset."""
     from tqdm import tqdm
 
     from flashsale import processes, seeding
 
     if first_day > last_day:
         raise click.BadParameter("--from must not be after --to")
+    if reset and append:
+        raise click.UsageError("--reset and --append exclude each other")
     spec = seeding.TransactionSpec(transactions, merchants, first_day, last_day, seed)
 
     async def work(conn: asyncpg.Connection) -> None:
+        if transactions and not (reset or append):
+            existing = await seeding.transaction_count(conn)
+            if existing:
+                raise click.ClickException(
+                    f"transactions already holds {existing:,} rows: add --append to add "
+                    f"{transactions:,} more, or --reset to replace them"
+                )
         if products:
-            ids = await seeding.create_demo_products(conn, count=products, stock=stock, price=price)
-            click.echo(f"products: created {len(ids)} (ids {ids[0]}..{ids[-1]})")
+            ids, present = await seeding.create_demo_products(
+                conn, count=products, stock=stock, price=price
+            )
+            created = f"created {len(ids)} (ids {ids[0]}..{ids[-1]})" if ids else "created none"
+            click.echo(f"products: {created}, {present} already there")
         if reset and not transactions:
             await conn.execute("TRUNCATE transactions")
         if transactions:
