@@ -86,6 +86,46 @@ def downgrade(revision: str) -> None:
         migrations.downgrade(url, revision)
 
 
+@main.group(name="db")
+def database() -> None:
+    """Reach the database this service uses (configured, or the embedded PostgreSQL)."""
+
+
+@database.command()
+def url() -> None:
+    """Print its connection URL (the embedded one: a Unix socket in DATA_DIR, database
+    `flashsale`)."""
+    from flashsale import db, processes
+
+    settings = processes.settings()
+    running = settings.configured_database_url is not None or db.embedded_running(settings.data_dir)
+    with processes.database(settings) as connection_url:
+        click.echo(connection_url)
+    if not running:
+        click.echo(
+            "(the embedded PostgreSQL is not running: it answers while `flashsale serve` runs; "
+            "`flashsale db psql` starts it for its session)",
+            err=True,
+        )
+
+
+@database.command(context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def psql(psql_args: tuple[str, ...]) -> None:
+    """Open psql on it (psql from PATH, else the embedded PostgreSQL's own); PSQL_ARGS are
+    passed on, e.g. `flashsale db psql -c 'SELECT 1'`."""
+    import shutil
+    import subprocess
+
+    from flashsale import db, processes
+
+    with processes.database(processes.settings()) as connection_url:
+        binary = shutil.which("psql") or str(db.embedded_binary("psql"))
+        # The operator's own arguments, as a list (no shell): psql is theirs to drive.
+        code = subprocess.call([binary, connection_url, *psql_args])  # noqa: S603
+    raise SystemExit(code)
+
+
 def _parse_day(_: click.Context, __: click.Parameter, value: str) -> date:
     try:
         return date.fromisoformat(value)

@@ -95,6 +95,16 @@ def start_embedded(data_dir: Path) -> str:
     return str(server.get_uri(EMBEDDED_DATABASE))
 
 
+def embedded_running(data_dir: Path) -> bool:
+    """Whether an embedded PostgreSQL runs on `data_dir` (its postmaster.pid is there)."""
+    return (data_dir / "pgdata" / "postmaster.pid").exists()
+
+
+def embedded_binary(name: str) -> Path:
+    """A PostgreSQL client program shipped with the embedded server (psql, pg_dump, ...)."""
+    return Path(import_pgserver().__file__).parent / "pginstall" / "bin" / name
+
+
 def stop_embedded() -> None:
     """Release the embedded servers this process started (stopped if no other process uses them)."""
     while _embedded_servers:
