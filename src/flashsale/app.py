@@ -31,7 +31,7 @@ from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import job_runtime
 from flashsale.web.errors import install_error_handlers
 from flashsale.web.guards import RequestBodyGuard
-from flashsale.web.middleware import RequestContextMiddleware
+from flashsale.web.middleware import HeadAsGet, RequestContextMiddleware
 from flashsale.web.openapi import install_openapi
 
 log = structlog.get_logger()
@@ -99,5 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(PlaceOrderEndpoint, api=app)
     app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContextMiddleware)
     return app
