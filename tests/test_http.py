@@ -65,3 +65,43 @@ async def test_head_of_a_job_s_event_stream_ends_at_once(
     assert head.status_code == 200
     assert head.headers["content-type"].startswith("text/event-stream")
     assert head.content == b""
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/products?name=tiny", "query.name"),
+        ("/orders?prodct_id=1", "query.prodct_id"),
+        ("/settlements?merchant=m", "query.merchant"),
+        ("/jobs?sort=asc", "query.sort"),
+        ("/products/1?verbose=1", "query.verbose"),
+    ],
+)
+async def test_unknown_query_parameters_are_400_naming_them(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, path: str, field: str
+) -> None:
+    await make_product(pool)
+
+    response = await client.get(path)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["details"] == [{"field": field, "message": "Unknown parameter"}]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/products/1.0", "/products/+1", "/products/1e0", "/products/%EF%BC%91", "/products?limit=2.0",
+     "/orders?product_id=1.0", "/orders?offset=0x10", "/settlements?limit=10.0"],
+)  # fmt: skip
+async def test_numbers_in_paths_and_queries_are_digits_only(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, path: str
+) -> None:
+    await make_product(pool)
+
+    response = await client.get(path)
+
+    assert response.status_code == 400
+    assert "must be a whole number, written with digits only" in response.text
+    assert (await client.get("/products/1")).status_code == 200

@@ -47,10 +47,23 @@ def _rfc3339(value: object) -> datetime:
 # A point in time, given as RFC 3339 with an offset, kept (and returned) in UTC.
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
-RowId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
-Limit = Annotated[int, Field(ge=1, le=100)]
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _whole_number_text(value: object) -> object:
+    """A number given as text (a path or query value) must be plain ASCII digits: no `1.0`,
+    `+1`, ` 1` or `1e3`, which lax parsing would take as 1 (a JSON body's `1.0` is refused by
+    strict mode already). Anything else is left to the field's own validation."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number, written with digits only")
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number_text)
+RowId = Annotated[int, WholeNumber, Field(ge=1, le=BIGINT_MAX)]
+Limit = Annotated[int, WholeNumber, Field(ge=1, le=100)]
 # Deep OFFSET scans are slow; past this, use a filter instead.
-Offset = Annotated[int, Field(ge=0, le=100_000)]
+Offset = Annotated[int, WholeNumber, Field(ge=0, le=100_000)]
 
 
 class RequestBody(BaseModel):

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from flashsale.schemas import Printable, RequestBody
+from flashsale.schemas import Printable, RequestBody, WholeNumber
 
 JobStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_RANGE_DAYS = 366
@@ -162,7 +162,7 @@ class SettlementQuery(BaseModel):
     from_: Day | None = Field(None, alias="from", description="First day, inclusive")
     to: Day | None = Field(None, description="Last day, inclusive")
     merchant_id: MerchantId | None = Field(None, description="One merchant only")
-    limit: int = Field(100, ge=1, le=1000)
+    limit: Annotated[int, WholeNumber] = Field(100, ge=1, le=1000)
     cursor: Cursor | None = Field(None, description="next_cursor of the previous page")
 
     @model_validator(mode="after")
