@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -70,3 +71,28 @@ class RequestBody(BaseModel):
     """Base of every JSON request body: JSON types only (no "1" for 1), no unknown fields."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+# --- Keyset paging -------------------------------------------------------------------------------
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,4096}")
+CURSOR_HINT = "must be a next_cursor returned by this endpoint"
+
+
+def encode_cursor(*parts: str) -> str:
+    """An opaque page cursor: the sort key where a page ended, as base64url of its parts."""
+    return base64.urlsafe_b64encode("\0".join(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: object, parts: int) -> list[str]:
+    """The `parts` strings of a cursor made by `encode_cursor`; ValueError for anything else."""
+    if isinstance(value, str) and _BASE64URL.fullmatch(value):
+        try:
+            decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        except ValueError:
+            pass
+        else:
+            fields = decoded.split("\0")
+            if len(fields) == parts and all(fields):
+                return fields
+    raise ValueError(CURSOR_HINT)
