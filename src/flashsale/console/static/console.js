@@ -331,8 +331,8 @@
   }
 
   function jobProgressText(job) {
-    const done = job.total === null ? count(job.processed) : `${count(job.processed)} of ${count(job.total)}`;
-    return `${jobPercent(job)}% (${done} transactions)`;
+    const done = job.total === null ? count(job.processed) : `${count(job.processed)}/${count(job.total)}`;
+    return `${jobPercent(job)}% · ${done}`;
   }
 
   function actionKind(job) {
@@ -375,7 +375,7 @@
     progress.append(progressBar(jobPercent(job), `Progress of job ${job.job_id}`, jobProgressText(job)));
     row.append(
       id,
-      el("td", `${job.from} → ${job.to}`),
+      el("td", `${job.from} → ${job.to}`, "days"),
       el("td", job.status, "job-status"),
       progress,
       el("td"),
