@@ -28,6 +28,7 @@ from flashsale.orders.placement import new_order_placement
 from flashsale.orders.sold_out import SoldOut
 from flashsale.products.api import router as products_router
 from flashsale.settlement.api import router as settlement_router
+from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import job_runtime
 from flashsale.web.errors import install_error_handlers
 from flashsale.web.guards import RequestBodyGuard
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database = await db.Database.connect(settings, url)
         sold_out = SoldOut(max_age_s=settings.sold_out_cache_s)
         orders = new_order_placement(settings, database, sold_out)
+        job_events = JobEvents(database, max_streams=settings.job_event_streams_max)
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes, whose pauses otherwise stall every request in flight under a crowd.
         gc.freeze()
@@ -59,8 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sold_out.listening(url) if settings.sold_out_cache_s else contextlib.nullcontext(),
                 # With EMBEDDED_WORKER this process runs settlement jobs too (`processes.serve`).
                 job_runtime(settings, url, worker=settings.embedded_worker) as jobs,
+                job_events.listening(url),
             ):
-                set_state(app, AppState(settings, database, orders, jobs, started_at))
+                set_state(app, AppState(settings, database, orders, jobs, job_events, started_at))
                 yield
         finally:
             await orders.close()

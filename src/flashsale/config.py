@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     job_shutdown_grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
     job_stalled_after_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     job_sweep_interval_s: Annotated[int, Field(ge=1, le=60)] = 10
+    # Reports (CSV) are stored in PostgreSQL; the sweep deletes them this long after their job
+    report_retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    # Open `GET /jobs/{id}/events` streams per server process; beyond, 503 TOO_MANY_STREAMS
+    job_event_streams_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -106,10 +110,6 @@ class Settings(BaseSettings):
             password = quote(self.db_password.get_secret_value(), safe="")
             return f"postgresql://{user}:{password}@{self.db_host}:{self.db_port}/{self.db_name}"
         return None
-
-    @property
-    def downloads_dir(self) -> Path:
-        return self.data_dir / "downloads"
 
 
 _SECRET_VARIABLES = {"API_KEY", "DB_PASSWORD", "DATABASE_URL"}

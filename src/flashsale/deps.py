@@ -18,6 +18,7 @@ from flashsale.config import Settings
 from flashsale.db import Database
 from flashsale.errors import Unauthorized
 from flashsale.orders.placement import OrderPlacement
+from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import JobRuntime
 
 
@@ -29,6 +30,7 @@ class AppState:
     database: Database
     orders: OrderPlacement
     jobs: JobRuntime
+    job_events: JobEvents
     started_at: float  # time.monotonic() when the process started serving
 
 
@@ -57,10 +59,15 @@ async def _jobs(request: Request) -> JobRuntime:
     return state_of(request.app).jobs
 
 
+async def _job_events(request: Request) -> JobEvents:
+    return state_of(request.app).job_events
+
+
 State = Annotated[AppState, Depends(_state)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 Db = Annotated[Database, Depends(_database)]
 Jobs = Annotated[JobRuntime, Depends(_jobs)]
+JobEventHub = Annotated[JobEvents, Depends(_job_events)]
 
 _bearer = HTTPBearer(auto_error=False, description="The API_KEY, when the server sets one")
 

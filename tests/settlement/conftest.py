@@ -31,21 +31,14 @@ async def jobs_pool(jobs_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
-def jobs_data_dir(logs_dir: Path) -> Path:
-    """DATA_DIR shared by every server and worker on `jobs_url` (CSVs written by one worker
-    are served by any server)."""
-    return logs_dir / "jobs-data"
-
-
-@pytest.fixture(scope="session")
-def api_server(jobs_url: str, logs_dir: Path, jobs_data_dir: Path) -> Iterator[LiveServer]:
-    """A server without an embedded worker: its jobs wait until a test starts a worker."""
+def api_server(jobs_url: str, logs_dir: Path) -> Iterator[LiveServer]:
+    """A server without an embedded worker: its jobs wait until a test starts a worker (with
+    a DATA_DIR of its own: the reports it serves come from the database)."""
     with running_server(
         jobs_url,
         logs_dir,
         EMBEDDED_WORKER="false",
         JOB_QUEUE_SIZE="3",
-        DATA_DIR=str(jobs_data_dir),
     ) as live:
         yield live
 
@@ -54,7 +47,7 @@ def api_server(jobs_url: str, logs_dir: Path, jobs_data_dir: Path) -> Iterator[L
 async def jobs_db(jobs_pool: asyncpg.Pool) -> asyncpg.Pool:
     """`jobs_url`, emptied (no worker runs there between tests)."""
     await jobs_pool.execute(
-        "TRUNCATE settlement_jobs, settlements, transactions, idempotency_keys, orders, "
+        "TRUNCATE settlement_jobs, settlement_report_chunks, settlements, transactions, idempotency_keys, orders, "
         "procrastinate_workers, procrastinate_jobs RESTART IDENTITY CASCADE"
     )
     return jobs_pool

@@ -16,6 +16,7 @@ import httpx
 from flashsale import seeding
 from flashsale.bench import harness
 from flashsale.bench.harness import FINISHED, Job, status_is, wait_for_job
+from flashsale.settlement.schemas import parse_job_key
 from flashsale.settlement.service import WRITE_LOCK
 from tests.support import ROOT
 
@@ -155,9 +156,13 @@ async def downloaded_rows(client: httpx.AsyncClient, job: Job) -> list[list[str]
     return [line.split(",") for line in lines[1:]]
 
 
-def files_of(root: Path, job_id: str) -> list[Path]:
-    """Every file (CSV or temporary) a job left anywhere under `root`."""
-    return [path for path in root.rglob(f"*{job_id.removeprefix('job_')}*") if path.is_file()]
+async def report_chunks(pool: asyncpg.Pool, job_id: str) -> int:
+    """How many chunks of a report the job stored (0: none)."""
+    count = await pool.fetchval(
+        "SELECT count(*) FROM settlement_report_chunks WHERE job_id = $1",
+        parse_job_key(job_id),
+    )
+    return int(count)
 
 
 # --- Holding a job at a chosen point -------------------------------------------------------------
@@ -199,11 +204,14 @@ FAST_RECOVERY = {"JOB_SWEEP_INTERVAL_S": "1", "JOB_STALLED_AFTER_S": "2"}
 
 @contextlib.contextmanager
 def running_worker(
-    database_url: str, data_dir: Path, log_dir: Path, **env: str
+    database_url: str, log_dir: Path, **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A `flashsale worker` for a test (see `harness.running_worker`): fast recovery, info logs,
-    its log kept in `log_dir`."""
-    environment = {"DATA_DIR": str(data_dir), "LOG_LEVEL": "info", **FAST_RECOVERY, **env}
-    log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
+    a DATA_DIR of its own (reports are in the database: no directory is shared), its log kept
+    in `log_dir`."""
+    name = f"worker-{time.monotonic_ns()}"
+    environment = {"DATA_DIR": str(log_dir / f"data-{name}"), "LOG_LEVEL": "info"}
+    environment |= {**FAST_RECOVERY, **env}
+    log_path = log_dir / f"{name}.log"
     with harness.running_worker(database_url, environment, log_path=log_path, cwd=ROOT) as worker:
         yield worker.process

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import date
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from flashsale.bench.harness import LiveServer, status_is, wait_for_job
-from tests.settlement.helpers import files_of, post_job, run_job
+from tests.settlement.helpers import post_job, run_job
 
 
 @pytest.mark.parametrize(
@@ -63,7 +62,7 @@ async def test_a_job_is_accepted_with_its_location_and_a_full_year_is_allowed(
     job = await wait_for_job(client, body["job_id"], status_is("COMPLETED"))
     assert set(job) == {
         "job_id", "status", "progress", "processed", "total", "from", "to", "created_at",
-        "started_at", "finished_at", "download_url",
+        "started_at", "finished_at", "updated_at", "download_url",
     }  # fmt: skip
     assert (job["from"], job["to"], job["total"], job["processed"]) == (
         "2024-01-01", "2024-12-31", 0, 0,
@@ -146,19 +145,22 @@ async def test_downloads_of_unknown_or_malicious_names_are_404(
     assert b'"FILE_NOT_FOUND"' in body
 
 
-async def test_a_csv_is_served_only_for_a_completed_job(
-    client: httpx.AsyncClient, pool: asyncpg.Pool, logs_dir: Path
+async def test_a_report_is_served_only_for_a_completed_job(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     job = await run_job(client, date(2025, 1, 1), date(2025, 1, 1))
-    [csv_file] = [path for path in files_of(logs_dir, job["job_id"]) if path.suffix == ".csv"]
-    # A file for a job that is not COMPLETED is not served, even when it exists.
+    # Report chunks of a job that is not COMPLETED are not served, even when they exist.
     other = uuid.uuid4()
     await pool.execute(
         "INSERT INTO settlement_jobs (id, status, from_date, to_date) "
         "VALUES ($1, 'CANCELLED', '2025-01-01', '2025-01-01')",
         other,
     )
-    (csv_file.parent / f"job_{other}.csv").write_text("merchant_id,date,gross,fee,net,txn_count\n")
+    await pool.execute(
+        "INSERT INTO settlement_report_chunks (job_id, seq, data) VALUES ($1, 0, $2)",
+        other,
+        b"merchant_id,date,gross,fee,net,txn_count\n",
+    )
 
     assert (await client.get(job["download_url"])).status_code == 200
     response = await client.get(f"/downloads/job_{other}.csv")

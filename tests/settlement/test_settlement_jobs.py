@@ -17,11 +17,11 @@ from tests.settlement.helpers import (
     downloaded_rows,
     expected_csv,
     expected_settlements,
-    files_of,
     final_writes_held,
     fully_counted,
     lock_waiters,
     post_job,
+    report_chunks,
     run_job,
     seed,
     seed_month,
@@ -145,7 +145,7 @@ async def test_cancelling_a_running_job_cancels_its_in_flight_queries_and_writes
     assert job["status"] == "CANCELLED"
     assert "download_url" not in job
     assert await settlements(pool, with_job=True) == before
-    assert files_of(logs_dir, job_id) == []
+    assert await report_chunks(pool, job_id) == 0
     assert (await client.get(f"/downloads/{job_id}.csv")).status_code == 404
 
 
@@ -164,7 +164,7 @@ async def test_cancelling_a_job_about_to_write_writes_nothing(
     await eventually(lambda: _task_gone(pool, job_id), "the job's task ended")
     assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "CANCELLED"
     assert await settlements(pool) == []
-    assert files_of(logs_dir, job_id) == []
+    assert await report_chunks(pool, job_id) == 0
 
 
 async def test_a_database_error_fails_the_job_with_the_error_and_the_server_carries_on(

@@ -25,10 +25,10 @@ from tests.settlement.helpers import (
     downloaded_rows,
     expected_csv,
     expected_settlements,
-    files_of,
     final_writes_held,
     fully_counted,
     post_job,
+    report_chunks,
     run_job,
     running_worker,
     seed,
@@ -59,7 +59,7 @@ async def test_a_full_queue_refuses_new_jobs_with_503_and_enqueues_nothing(
 
 
 async def test_a_job_cancelled_while_queued_never_runs(
-    api: httpx.AsyncClient, jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path,
+    api: httpx.AsyncClient, jobs_db: asyncpg.Pool, jobs_url: str,
     logs_dir: Path,
 ) -> None:  # fmt: skip
     await seed(jobs_db, 2_000, *MONTH)
@@ -71,30 +71,30 @@ async def test_a_job_cancelled_while_queued_never_runs(
     job = (await api.get(f"/jobs/{cancelled}")).json()
     assert job["status"] == "CANCELLED"
     assert await jobs_db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
-    with running_worker(jobs_url, jobs_data_dir, logs_dir):
+    with running_worker(jobs_url, logs_dir):
         later = await post_job(api, date(2025, 1, 1), date(2025, 1, 10))
         await wait_for_job(api, later, status_is("COMPLETED"))
     assert (await api.get(f"/jobs/{cancelled}")).json() == job
     assert await _attempts(jobs_db, cancelled) == 0  # never claimed by any run
-    assert files_of(jobs_data_dir, cancelled) == []
+    assert await report_chunks(jobs_db, cancelled) == 0
     written = await jobs_db.fetch("SELECT DISTINCT job_id, max(date) FROM settlements GROUP BY 1")
     assert [tuple(row.values()) for row in written] == [(later, date(2025, 1, 10))]
 
 
 async def test_a_killed_worker_s_job_is_completed_by_another_worker(
-    api: httpx.AsyncClient, jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path,
+    api: httpx.AsyncClient, jobs_db: asyncpg.Pool, jobs_url: str,
     logs_dir: Path,
 ) -> None:  # fmt: skip
     await seed(jobs_db, 5_000, *MONTH)
 
     async with final_writes_held(jobs_db):
-        with running_worker(jobs_url, jobs_data_dir, logs_dir) as doomed:
+        with running_worker(jobs_url, logs_dir) as doomed:
             job_id = await post_job(api, *MONTH)
             await wait_for_job(api, job_id, fully_counted)  # mid-job: computed, not written
             doomed.send_signal(signal.SIGKILL)
             assert await asyncio.to_thread(doomed.wait, 30) == -signal.SIGKILL
 
-    with running_worker(jobs_url, jobs_data_dir, logs_dir):
+    with running_worker(jobs_url, logs_dir):
         job = await wait_for_job(api, job_id, status_is("COMPLETED"))
 
     assert job["processed"] == job["total"] > 0
@@ -104,10 +104,10 @@ async def test_a_killed_worker_s_job_is_completed_by_another_worker(
 
 
 async def test_sigterm_puts_the_running_job_back_in_the_queue_and_a_restart_completes_it(
-    jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path, logs_dir: Path
+    jobs_db: asyncpg.Pool, jobs_url: str, logs_dir: Path
 ) -> None:
     await seed(jobs_db, 5_000, *MONTH)
-    env = {"DATA_DIR": str(jobs_data_dir), "JOB_SHUTDOWN_GRACE_S": "0.2", **FAST_RECOVERY}
+    env = {"JOB_SHUTDOWN_GRACE_S": "0.2", **FAST_RECOVERY}
 
     async with final_writes_held(jobs_db):
         server = start_server(jobs_url, logs_dir, **env)
@@ -132,7 +132,7 @@ async def test_sigterm_puts_the_running_job_back_in_the_queue_and_a_restart_comp
 
 
 async def test_the_sweep_runs_jobs_that_have_no_task_and_forgets_expired_idempotency_keys(
-    api: httpx.AsyncClient, jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path,
+    api: httpx.AsyncClient, jobs_db: asyncpg.Pool, jobs_url: str,
     logs_dir: Path,
 ) -> None:  # fmt: skip
     await seed(jobs_db, 2_000, *MONTH)
@@ -148,7 +148,7 @@ async def test_the_sweep_runs_jobs_that_have_no_task_and_forgets_expired_idempot
         "('fresh', 'x', 'OUT_OF_STOCK', now() + interval '1 hour')"
     )
 
-    with running_worker(jobs_url, jobs_data_dir, logs_dir):
+    with running_worker(jobs_url, logs_dir):
         job = await wait_for_job(api, job_key(orphan), status_is("COMPLETED"))
         await eventually(
             lambda: _keys_are(jobs_db, ["fresh"]), "the expired key was deleted by the sweep"
@@ -158,13 +158,11 @@ async def test_the_sweep_runs_jobs_that_have_no_task_and_forgets_expired_idempot
 
 
 async def test_several_server_processes_share_one_job_worker(
-    jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path, logs_dir: Path
+    jobs_db: asyncpg.Pool, jobs_url: str, logs_dir: Path
 ) -> None:
     await seed(jobs_db, 2_000, *MONTH)
 
-    with running_server(
-        jobs_url, logs_dir, WEB_CONCURRENCY="2", DATA_DIR=str(jobs_data_dir)
-    ) as server:
+    with running_server(jobs_url, logs_dir, WEB_CONCURRENCY="2") as server:
         async with http_client(server.url) as client:
             job_id = await post_job(client, *MONTH)
             job = await wait_for_job(client, job_id, status_is("COMPLETED"))
@@ -180,13 +178,11 @@ async def test_several_server_processes_share_one_job_worker(
 
 
 async def test_the_job_worker_beside_several_server_processes_is_restarted_when_it_dies(
-    jobs_db: asyncpg.Pool, jobs_url: str, jobs_data_dir: Path, logs_dir: Path
+    jobs_db: asyncpg.Pool, jobs_url: str, logs_dir: Path
 ) -> None:
     await seed(jobs_db, 2_000, *MONTH)
 
-    with running_server(
-        jobs_url, logs_dir, WEB_CONCURRENCY="2", DATA_DIR=str(jobs_data_dir), **FAST_RECOVERY
-    ) as server:
+    with running_server(jobs_url, logs_dir, WEB_CONCURRENCY="2", **FAST_RECOVERY) as server:
 
         def job_workers() -> list[int]:
             children = _children(server.process.pid)

@@ -107,6 +107,12 @@ ORDER_BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
+JOB_EVENT_STREAMS = Gauge(
+    "flashsale_job_event_streams",
+    "Open GET /jobs/{job_id}/events streams, summed over live processes",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 ORDERS_WAITING = Gauge(
     "flashsale_orders_waiting",
     "Orders waiting for a batch (queued) or in a batch in flight, summed over live processes",

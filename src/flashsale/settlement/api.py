@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from email.utils import format_datetime
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Path, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
-from flashsale.deps import AdminOnly, AppSettings, Db, Jobs
+from flashsale.deps import AdminOnly, AppSettings, Db, JobEventHub, Jobs
 from flashsale.errors import Unauthorized, ValidationFailed
 from flashsale.observability import metrics
 from flashsale.schemas import Limit
 from flashsale.settlement import service
+from flashsale.settlement.events import EventStreamResponse, TooManyStreams
 from flashsale.settlement.schemas import (
     CancelRequested,
     JobAccepted,
@@ -18,8 +21,12 @@ from flashsale.settlement.schemas import (
     SettlementJob,
     SettlementJobCreate,
     SettlementJobList,
+    SettlementPage,
+    SettlementQuery,
     csv_name,
+    job_key,
     parse_job_key,
+    settlement_cursor,
 )
 from flashsale.web.errors import documented
 
@@ -102,24 +109,94 @@ async def cancel_job(job_id: JobId, database: Db, jobs: Jobs) -> CancelRequested
 
 
 @router.get(
+    "/jobs/{job_id}/events",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `data: <the job, as GET /jobs/{job_id}>` at "
+            "once and on every change, `: heartbeat` comments while nothing changes; the "
+            "stream ends after a terminal status",
+        },
+        **documented(service.JobNotFound, TooManyStreams),
+    },
+    summary="A job's status and progress, live",
+)
+async def job_events(job_id: JobId, database: Db, events: JobEventHub) -> EventStreamResponse:
+    uuid = parse_job_key(job_id)
+    if uuid is None:
+        raise service.JobNotFound()
+    watch = events.open(uuid)  # before the read: no change after it can be missed
+    try:
+        async with database.connection() as conn:
+            job = await service.get_job(conn, job_id=uuid)
+    except BaseException:
+        events.close(watch)
+        raise
+    return EventStreamResponse(events.stream(watch, job))
+
+
+@router.get(
     "/downloads/{name:path}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {}}, "description": "The settlement CSV"},
-        **documented(service.FileNotFound),
+        **documented(service.FileNotFound, service.ReportExpired),
     },
     summary="Download a completed job's CSV",
 )
-async def download(name: str, database: Db, settings: AppSettings) -> FileResponse:
-    # Only `job_<uuid>.csv` of a COMPLETED job: the path is rebuilt from the parsed UUID, so no
-    # name, however encoded, can reach a file outside the downloads directory.
+async def download(name: str, database: Db) -> StreamingResponse:
+    # Only `job_<uuid>.csv` of a COMPLETED job whose report is still stored.
     uuid = parse_job_key(name.removesuffix(".csv")) if name.endswith(".csv") else None
     if uuid is None:
         raise service.FileNotFound()
     async with database.connection() as conn:
-        await service.ensure_downloadable(conn, job_id=uuid)
-    path = settings.downloads_dir / csv_name(uuid)
-    if not path.is_file():
-        log.warning("settlement.file_missing", path=str(path))
-        raise service.FileNotFound()
-    return FileResponse(path, media_type="text/csv", filename=path.name)
+        report = await service.stored_report(conn, job_id=uuid)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # One short query per chunk: a slow client never holds a database connection.
+        sent = seq = 0
+        while sent < report.size:
+            async with database.connection(operation="report_download") as conn:
+                chunk = await service.report_chunk(conn, job_id=uuid, seq=seq)
+            if chunk is None:  # deleted by the retention sweep during the transfer
+                log.warning("settlement.report_vanished", job_id=job_key(uuid), sent=sent)
+                return
+            yield chunk
+            sent += len(chunk)
+            seq += 1
+
+    file_name = csv_name(uuid)
+    return StreamingResponse(
+        chunks(),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Length": str(report.size),
+            "Content-Disposition": f'attachment; filename="{file_name}"',
+            "Last-Modified": format_datetime(report.finished_at, usegmt=True),
+            "ETag": f'"{file_name}"',  # a stored report never changes
+        },
+    )
+
+
+@router.get(
+    "/settlements",
+    responses=documented(ValidationFailed),
+    summary="Settlement lines by merchant then date, a page at a time (keyset)",
+)
+async def list_settlements(
+    database: Db, query: Annotated[SettlementQuery, Query()]
+) -> SettlementPage:
+    async with database.connection() as conn:
+        page, last = await service.list_settlements(
+            conn,
+            first_day=query.from_,
+            last_day=query.to,
+            merchant_id=query.merchant_id,
+            after=query.cursor,
+            limit=query.limit,
+        )
+    return SettlementPage(
+        settlements=page, next_cursor=settlement_cursor(last) if last is not None else None
+    )

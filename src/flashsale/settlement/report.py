@@ -4,14 +4,14 @@ two decimals (from integer cents, never via floats), one line per merchant and U
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Iterable
-from pathlib import Path
 
 from flashsale.settlement.service import SettlementRow
 
 HEADER = ("merchant_id", "date", "gross", "fee", "net", "txn_count")
+# Stored in chunks of about this size: a download holds a connection for one chunk at a time.
+CHUNK_BYTES = 1 << 20
 
 
 def money(cents: int) -> str:
@@ -20,23 +20,25 @@ def money(cents: int) -> str:
     return f"{'-' if cents < 0 else ''}{units}.{rest:02d}"
 
 
-def write_csv(directory: Path, name: str, rows: Iterable[SettlementRow]) -> None:
-    """Write `rows` (already sorted) to `directory/name` atomically: a reader sees the whole file
-    or none of it, never a partial one (temp file in the same directory, fsync, rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(HEADER)
-            writer.writerows(
-                (merchant, day.isoformat(), money(gross), money(fee), money(gross - fee), count)
-                for merchant, day, gross, fee, count in rows
-            )
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o644)  # mkstemp creates it private
-        os.replace(temp, directory / name)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def csv_chunks(rows: Iterable[SettlementRow], chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
+    """`rows` (already sorted) as UTF-8 CSV, cut at line ends into chunks of about
+    `chunk_bytes` (a chunk exceeds it by less than one line)."""
+    chunks: list[bytes] = []
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+
+    def cut() -> None:
+        chunks.append(text.getvalue().encode())
+        text.seek(0)
+        text.truncate()
+
+    writer.writerow(HEADER)
+    for merchant, day, gross, fee, count in rows:
+        writer.writerow(
+            (merchant, day.isoformat(), money(gross), money(fee), money(gross - fee), count)
+        )
+        if text.tell() >= chunk_bytes:  # characters, not bytes: close enough for a cut
+            cut()
+    if text.tell():
+        cut()
+    return chunks

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import base64
 import re
 from datetime import date, datetime
 from typing import Annotated, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from flashsale.schemas import RequestBody
+from flashsale.schemas import Printable, RequestBody
 
 JobStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_RANGE_DAYS = 366
@@ -87,6 +88,7 @@ class SettlementJob(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    updated_at: datetime = Field(description="When the job last changed (status or progress)")
     download_url: str | None = Field(default=None, exclude_if=_absent)
     error: str | None = Field(default=None, exclude_if=_absent)
 
@@ -98,3 +100,66 @@ class SettlementJobList(BaseModel):
 
 class CancelRequested(BaseModel):
     message: Literal["Job cancellation requested"] = "Job cancellation requested"
+
+
+class Settlement(BaseModel):
+    merchant_id: str
+    date: date
+    gross_cents: int
+    fee_cents: int
+    net_cents: int
+    txn_count: int
+    job_id: str = Field(description="The job that wrote this line")
+    generated_at: datetime
+
+
+class SettlementPage(BaseModel):
+    settlements: list[Settlement]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")
+
+
+# A settlements page ends after this (merchant_id, date): the cursor is that pair, opaque to
+# clients (base64url of `merchant_id` NUL `YYYY-MM-DD`).
+SettlementKey = tuple[str, date]
+MerchantId = Annotated[str, Field(min_length=1, max_length=200), Printable]
+
+
+def settlement_cursor(key: SettlementKey) -> str:
+    merchant_id, day = key
+    raw = f"{merchant_id}\0{day.isoformat()}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor(value: object) -> object:
+    """The key a cursor made by `settlement_cursor` stands for; anything else is refused."""
+    if isinstance(value, str) and len(value) <= 4096 and _BASE64URL.fullmatch(value):
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+            merchant_id, day = raw.split("\0")
+            if merchant_id:
+                return (merchant_id, _day(day))
+        except ValueError:
+            pass
+    raise ValueError("must be a next_cursor returned by this endpoint")
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+Cursor = Annotated[SettlementKey, BeforeValidator(_cursor)]
+
+
+class SettlementQuery(BaseModel):
+    """`GET /settlements`'s query parameters; unknown ones are refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+    from_: Day | None = Field(None, alias="from", description="First day, inclusive")
+    to: Day | None = Field(None, description="Last day, inclusive")
+    merchant_id: MerchantId | None = Field(None, description="One merchant only")
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: Cursor | None = Field(None, description="next_cursor of the previous page")
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> Self:
+        if self.from_ is not None and self.to is not None and self.from_ > self.to:
+            raise ValueError("'from' must not be after 'to'")
+        return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from uuid import UUID
@@ -20,7 +20,9 @@ from flashsale.db import Connection
 from flashsale.errors import AppError, NotFound
 from flashsale.settlement.schemas import (
     JobStatus,
+    Settlement,
     SettlementJob,
+    SettlementKey,
     csv_name,
     job_key,
 )
@@ -54,6 +56,15 @@ class FileNotFound(NotFound):
     message = "File not found"
 
 
+class ReportExpired(AppError):
+    status_code = 410
+    code = "REPORT_EXPIRED"
+    message = (
+        "The job's report is no longer stored (reports are kept for REPORT_RETENTION_DAYS); "
+        "run a job for the same range to settle it again"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """A job as one run sees it: the run's writes are guarded by its `attempt`."""
@@ -68,7 +79,8 @@ class ClaimedJob:
 SettlementRow = tuple[str, date, int, int, int]
 
 _JOB_COLUMNS = (
-    "id, status, from_date, to_date, total, processed, error, created_at, started_at, finished_at"
+    "id, status, from_date, to_date, total, processed, error, created_at, started_at, finished_at, "
+    "updated_at, report_bytes"
 )
 
 
@@ -92,7 +104,9 @@ def _job(row: asyncpg.Record) -> SettlementJob:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
-        download_url=f"/downloads/{csv_name(row['id'])}" if status == "COMPLETED" else None,
+        updated_at=row["updated_at"],
+        # Absent once the report has been deleted (REPORT_RETENTION_DAYS): the download is 410.
+        download_url=f"/downloads/{csv_name(row['id'])}" if row["report_bytes"] else None,
         error=row["error"] if status == "FAILED" else None,
     )
 
@@ -128,6 +142,14 @@ async def get_job(conn: Connection, *, job_id: UUID) -> SettlementJob:
     if row is None:
         raise JobNotFound()
     return _job(row)
+
+
+async def get_jobs(conn: Connection, *, job_ids: Collection[UUID]) -> list[SettlementJob]:
+    """The jobs of `job_ids` that exist, in no particular order."""
+    rows = await conn.fetch(
+        f"SELECT {_JOB_COLUMNS} FROM settlement_jobs WHERE id = ANY($1::uuid[])", list(job_ids)
+    )
+    return [_job(row) for row in rows]
 
 
 async def list_jobs(
@@ -168,12 +190,32 @@ async def cancel_job(conn: Connection, *, job_id: UUID) -> float | None:
     raise JobNotFound()
 
 
-async def ensure_downloadable(conn: Connection, *, job_id: UUID) -> None:
-    """Only a COMPLETED job's CSV may be downloaded."""
-    if not await conn.fetchval(
-        "SELECT true FROM settlement_jobs WHERE id = $1 AND status = 'COMPLETED'", job_id
-    ):
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    job_id: UUID
+    size: int
+    finished_at: datetime
+
+
+async def stored_report(conn: Connection, *, job_id: UUID) -> StoredReport:
+    """A COMPLETED job's report: FileNotFound for any other job, ReportExpired once deleted."""
+    row = await conn.fetchrow(
+        "SELECT report_bytes, finished_at FROM settlement_jobs "
+        "WHERE id = $1 AND status = 'COMPLETED'",
+        job_id,
+    )
+    if row is None:
         raise FileNotFound()
+    if row["report_bytes"] is None:
+        raise ReportExpired()
+    return StoredReport(job_id, row["report_bytes"], row["finished_at"])
+
+
+async def report_chunk(conn: Connection, *, job_id: UUID, seq: int) -> bytes | None:
+    data: bytes | None = await conn.fetchval(
+        "SELECT data FROM settlement_report_chunks WHERE job_id = $1 AND seq = $2", job_id, seq
+    )
+    return data
 
 
 # --- A job's run ---------------------------------------------------------------------------------
@@ -313,11 +355,11 @@ async def complete_job(
     job: ClaimedJob,
     rows: Sequence[SettlementRow],
     total: int,
-    publish: Callable[[], Awaitable[str]],
+    report: Sequence[bytes],
 ) -> bool:
-    """In one transaction: replace the range's settlements with `rows`, publish the CSV
-    (`publish` returns its file name), mark the job COMPLETED. False, writing nothing, when the
-    run no longer owns the job (cancelled meanwhile, or taken over)."""
+    """In one transaction: replace the range's settlements with `rows`, store the CSV
+    (`report`, in chunks), mark the job COMPLETED. False, writing nothing, when the run no
+    longer owns the job (cancelled meanwhile, or taken over)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
         # The row lock makes a concurrent cancel wait for our commit (and then find COMPLETED).
@@ -341,17 +383,22 @@ async def complete_job(
             counts,
             job_key(job.id),
         )
-        file_name = await publish()
+        await conn.copy_records_to_table(
+            "settlement_report_chunks",
+            columns=("job_id", "seq", "data"),
+            records=((job.id, seq, chunk) for seq, chunk in enumerate(report)),
+        )
         await conn.execute(
             """
             UPDATE settlement_jobs
             SET status = 'COMPLETED', processed = $2, total = $2, file_name = $3,
-                finished_at = now()
+                report_bytes = $4, finished_at = now()
             WHERE id = $1
             """,
             job.id,
             total,
-            file_name,
+            csv_name(job.id),
+            sum(map(len, report)),
         )
     return True
 
@@ -377,3 +424,73 @@ async def requeue_orphans(conn: Connection, *, older_than_s: float) -> list[UUID
         older_than_s,
     )
     return [row["id"] for row in rows]
+
+
+async def delete_expired_reports(conn: Connection, *, retention_days: int) -> int:
+    """Delete the reports of jobs that finished more than `retention_days` ago; how many."""
+    async with conn.transaction():
+        expired = await conn.fetch(
+            """
+            UPDATE settlement_jobs SET report_bytes = NULL
+            WHERE report_bytes IS NOT NULL
+              AND finished_at < now() - make_interval(days => $1)
+            RETURNING id
+            """,
+            retention_days,
+        )
+        await conn.execute(
+            "DELETE FROM settlement_report_chunks WHERE job_id = ANY($1::uuid[])",
+            [row["id"] for row in expired],
+        )
+    return len(expired)
+
+
+# --- Settlements ---------------------------------------------------------------------------------
+
+
+async def list_settlements(
+    conn: Connection,
+    *,
+    first_day: date | None,
+    last_day: date | None,
+    merchant_id: str | None,
+    after: SettlementKey | None,
+    limit: int,
+) -> tuple[list[Settlement], SettlementKey | None]:
+    """A page in (merchant_id, date) order, after `after`; and the key to continue from (None
+    on the last page). Keyset paging on the primary key: a deep page costs what the first does.
+    Only the filters given are in the SQL, so each combination gets a plan that can use them."""
+    conditions: list[str] = []
+    args: list[object] = []
+
+    def where(condition: str, *values: object) -> None:
+        """Add `condition`, its `{}`s standing for `values`, as numbered parameters."""
+        placeholders = []
+        for value in values:
+            args.append(value)
+            placeholders.append(f"${len(args)}")
+        conditions.append(condition.format(*placeholders))
+
+    if after is not None:
+        where("(merchant_id, date) > ({}, {})", *after)
+    if merchant_id is not None:
+        where("merchant_id = {}", merchant_id)
+    if first_day is not None:
+        where("date >= {}", first_day)
+    if last_day is not None:
+        where("date <= {}", last_day)
+    args.append(limit + 1)
+    rows = await conn.fetch(
+        f"""
+        SELECT merchant_id, date, gross_cents, fee_cents, net_cents, txn_count, job_id,
+               generated_at
+        FROM settlements
+        {"WHERE " + " AND ".join(conditions) if conditions else ""}
+        ORDER BY merchant_id, date
+        LIMIT ${len(args)}
+        """,
+        *args,
+    )
+    page = [Settlement(**row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return page, (page[-1].merchant_id, page[-1].date) if more else None

@@ -3,7 +3,7 @@
 `POST /jobs/settlement` writes the job row, then defers a `settle` task for it (lock and
 queueing lock = the job id: one waiting task at most, never two runs at once). A worker (see
 `worker`) runs the task: it claims the row (-> RUNNING), computes (see `aggregation`), and in one
-transaction writes the settlements, publishes the CSV and marks the job COMPLETED.
+transaction writes the settlements, stores the CSV and marks the job COMPLETED.
 
 How each failure ends:
 - cancel (`POST /jobs/{id}/cancel`): the row is CANCELLED at once and procrastinate is asked to
@@ -16,7 +16,8 @@ How each failure ends:
 - a database error: the job is FAILED with the error.
 The sweep (a periodic task, every JOB_SWEEP_INTERVAL_S, run by any one worker) also requeues any
 unfinished job that has no task (e.g. the server died between writing the job and deferring its
-task) and deletes expired Idempotency-Key records.
+task), deletes expired Idempotency-Key records, and deletes the reports of jobs that finished
+more than REPORT_RETENTION_DAYS ago.
 
 The worker registers these tasks under the names below and hands them what they run with (a
 `TaskDeps`, in procrastinate's `additional_context`); they defer `settle` by its name on the
@@ -42,7 +43,7 @@ from flashsale.db import Connection
 from flashsale.observability import metrics
 from flashsale.orders.service import delete_expired_idempotency_keys
 from flashsale.settlement import aggregation, report, service
-from flashsale.settlement.schemas import csv_name, job_key, parse_job_key
+from flashsale.settlement.schemas import job_key, parse_job_key
 
 log = structlog.get_logger()
 
@@ -136,15 +137,8 @@ async def _run(deps: TaskDeps, job: service.ClaimedJob) -> int:
                 group.create_task(_report_progress(control, job, progress, until=work))
         rows = work.result()
         total = progress.processed
-
-        async def publish() -> str:
-            name = csv_name(job.id)
-            await asyncio.to_thread(report.write_csv, settings.downloads_dir, name, rows)
-            return name
-
-        if not await service.complete_job(
-            control, job=job, rows=rows, total=total, publish=publish
-        ):
+        chunks = await asyncio.to_thread(report.csv_chunks, rows)
+        if not await service.complete_job(control, job=job, rows=rows, total=total, report=chunks):
             raise JobStopped()
     return total
 
@@ -216,12 +210,16 @@ async def sweep(context: procrastinate.JobContext, timestamp: int) -> None:
     async with deps.pool.acquire() as conn:
         orphans = await service.requeue_orphans(conn, older_than_s=settings.job_sweep_interval_s)
         expired_keys = await delete_expired_idempotency_keys(conn)
+        expired_reports = await service.delete_expired_reports(
+            conn, retention_days=settings.report_retention_days
+        )
     for job_id in orphans:
         await defer_settle(context.app, job_id)
-    if stalled or orphans or expired_keys:
+    if stalled or orphans or expired_keys or expired_reports:
         log.info(
             "settlement.swept",
             stalled_tasks=len(stalled),
             requeued=[job_key(job_id) for job_id in orphans],
             expired_idempotency_keys=expired_keys,
+            expired_reports=expired_reports,
         )
