@@ -316,14 +316,18 @@
   const watchers = new Map(); // job_id -> AbortController of its stream or poll loop
   const STATUS_RANK = { QUEUED: 0, RUNNING: 1, COMPLETED: 2, FAILED: 2, CANCELLED: 2 };
 
-  // Whether `next` is at least as new as `old` (a list fetched before a stream event must not
-  // move a job back).
+  // Whether `next` is at least as new as `old`: a list fetched before a stream event must not
+  // move a job back. updated_at decides when it differs; else the status, then the progress.
   function isNewer(old, next) {
     if (!old) return true;
+    const before = Date.parse(old.updated_at);
+    const after = Date.parse(next.updated_at);
+    if (Number.isFinite(before) && Number.isFinite(after) && before !== after) return after > before;
     const a = STATUS_RANK[old.status] ?? 0;
     const b = STATUS_RANK[next.status] ?? 0;
     if (a !== b) return b > a;
-    return TERMINAL.has(old.status) ? false : (next.processed ?? 0) >= (old.processed ?? 0);
+    // A finished job changes only when its report expires: take the server's word.
+    return TERMINAL.has(next.status) || (next.processed ?? 0) >= (old.processed ?? 0);
   }
 
   function jobPercent(job) {
@@ -366,6 +370,7 @@
     return cell;
   }
 
+  // Columns: job, status, progress, actions, days, created (what an operator acts on first).
   function jobRow(job) {
     const row = el("tr");
     row.dataset.jobId = job.job_id;
@@ -373,24 +378,20 @@
     id.append(el("code", job.job_id));
     const progress = el("td");
     progress.append(progressBar(jobPercent(job), `Progress of job ${job.job_id}`, jobProgressText(job)));
-    row.append(
-      id,
-      el("td", `${job.from} → ${job.to}`, "days"),
-      el("td", job.status, "job-status"),
-      progress,
-      el("td"),
-      actionCell(job),
-    );
-    row.children[4].append(timeEl(job.created_at));
+    const days = el("td", null, "days");
+    days.append(el("span", `${job.from} →`), " ", el("span", job.to));
+    const created = el("td");
+    created.append(timeEl(job.created_at));
+    row.append(id, el("td", job.status, "job-status"), progress, actionCell(job), days, created);
     return row;
   }
 
   // Update the row in place: a focused Cancel button stays focused while progress moves.
   function updateJobRow(row, job) {
-    const status = row.children[2];
+    const status = row.children[1];
     if (status.textContent !== job.status) status.textContent = job.status;
-    updateProgressBar(row.children[3].firstChild, jobPercent(job), `Progress of job ${job.job_id}`, jobProgressText(job));
-    if (row.children[5].dataset.kind !== actionKind(job)) row.children[5].replaceWith(actionCell(job));
+    updateProgressBar(row.children[2].firstChild, jobPercent(job), `Progress of job ${job.job_id}`, jobProgressText(job));
+    if (row.children[3].dataset.kind !== actionKind(job)) row.children[3].replaceWith(actionCell(job));
   }
 
   function showJob(job) {
@@ -579,7 +580,9 @@
     button.disabled = true;
     try {
       const response = await api(job.download_url);
-      if (response.status === 404) {
+      if (response.status === 410) {
+        // Deleted by the retention sweep since the list was read: show it as expired.
+        showJob({ ...job, download_url: undefined });
         setStatus("jobs-status", `The report of ${id} has expired.`);
         return;
       }
