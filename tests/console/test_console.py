@@ -452,3 +452,28 @@ async def test_settlements_page_through_by_cursor(
     assert {
         await c.inner_text() for c in await page.locator("#settlements-body td.merchant").all()
     } == {merchant}
+
+
+async def test_the_key_lives_in_session_storage_until_forgotten(
+    console: Console, pool: asyncpg.Pool
+) -> None:
+    await pool.execute("INSERT INTO products (name, price, stock) VALUES ('Widget', 1999, 7)")
+    await console.open()
+    page = console.page
+    await expect(page.locator("#products-body tr")).to_have_count(1)
+
+    stored = await page.evaluate("() => [{...sessionStorage}, {...localStorage}]")
+    assert list(stored[0].values()) == [API_KEY]
+    assert stored[1] == {}
+    assert await page.get_by_label("API key", exact=True).input_value() == ""
+    await page.reload()  # same tab: the key is still there, nothing to type again
+    await expect(page.locator("#products-body tr")).to_have_count(1)
+
+    await page.get_by_role("button", name="Forget key").click()
+
+    await expect(page.locator("#products-body tr")).to_have_count(0)
+    assert await page.evaluate("() => sessionStorage.length") == 0
+    await expect(page.get_by_role("alert")).to_have_text(
+        "This server needs its API key (401). Enter the server's API_KEY.", timeout=SLOW
+    )
+    await expect(page.locator("#products-body tr")).to_have_count(0)

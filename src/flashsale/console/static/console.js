@@ -11,6 +11,7 @@
   const JOBS_SHOWN = 20;
   const SETTLEMENTS_PAGE = 50;
   const REFUSED = "The API key was refused (401). Enter the server's API_KEY.";
+  const MISSING = "This server needs its API key (401). Enter the server's API_KEY.";
 
   const $ = (id) => document.getElementById(id);
 
@@ -131,12 +132,23 @@
   }
 
   function keyRefused() {
+    const message = apiKey() ? REFUSED : MISSING;
     const alert = $("key-alert");
-    if (alert.hidden || alert.textContent !== REFUSED) {
-      alert.textContent = REFUSED;
+    if (alert.hidden || alert.textContent !== message) {
+      alert.textContent = message;
       alert.hidden = false;
     }
     stopAllWatchers();
+  }
+
+  // What was read with a key is not left on screen once the key is forgotten.
+  function clearAdminData() {
+    stopAllWatchers();
+    jobs.clear();
+    jobRows.clear();
+    for (const id of ["products-body", "jobs-body", "settlements-body"]) $(id).replaceChildren();
+    $("products-next").disabled = true;
+    $("settlements-next").disabled = true;
   }
 
   function showKeyState() {
@@ -163,7 +175,7 @@
     $("forget-key").addEventListener("click", () => {
       sessionStorage.removeItem(KEY_STORAGE);
       $("api-key").value = "";
-      stopAllWatchers();
+      clearAdminData();
       showKeyState();
       $("api-key").focus();
     });
