@@ -36,8 +36,8 @@ ENV PATH=/app/.venv/bin:$PATH \
 WORKDIR /app
 USER flashsale
 EXPOSE 8080 9091
-# Settlement CSVs are written under DATA_DIR: share it between app and workers.
-VOLUME ["/data"]
+# No volume: settlement reports are stored in PostgreSQL. /data (DATA_DIR) is only used by an
+# embedded PostgreSQL, when no database is configured.
 # The image has no curl: ask /health with the standard library (a 503 is an HTTPError: unhealthy).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('SERVER_PORT', '8080'), timeout=4)"]

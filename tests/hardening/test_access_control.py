@@ -83,7 +83,9 @@ async def test_cancelling_an_order_needs_the_key(
     assert await pool.fetchval("SELECT stock FROM products WHERE id = $1", product["id"]) == 100
 
 
-async def test_jobs_and_downloads_need_the_key(secured: httpx.AsyncClient) -> None:
+async def test_jobs_events_settlements_and_downloads_need_the_key(
+    secured: httpx.AsyncClient,
+) -> None:
     job_id = "job_00000000-0000-4000-8000-000000000000"
     wrong = {"Authorization": "Bearer wrong"}
     calls = [
@@ -92,6 +94,8 @@ async def test_jobs_and_downloads_need_the_key(secured: httpx.AsyncClient) -> No
         secured.get(f"/jobs/{job_id}", headers=wrong),
         secured.post(f"/jobs/{job_id}/cancel"),
         secured.get(f"/downloads/{job_id}.csv", headers=wrong),
+        secured.get(f"/jobs/{job_id}/events"),
+        secured.get("/settlements", headers=wrong),
     ]
     for response in [await call for call in calls]:
         assert response.status_code == 401, response.request.url
@@ -104,6 +108,8 @@ async def test_jobs_and_downloads_need_the_key(secured: httpx.AsyncClient) -> No
     assert accepted.status_code == 202
     assert (await secured.get(f"/jobs/{job_id}", headers=key)).status_code == 404
     assert (await secured.get(f"/downloads/{job_id}.csv", headers=key)).status_code == 404
+    assert (await secured.get(f"/jobs/{job_id}/events", headers=key)).status_code == 404
+    assert (await secured.get("/settlements", headers=key)).status_code == 200
 
 
 async def test_the_storefront_stays_open(secured: httpx.AsyncClient, pool: asyncpg.Pool) -> None:

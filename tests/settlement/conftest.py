@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from flashsale.bench.harness import LiveServer, migrated_database
-from tests.support import running_server
+from tests.support import http_client, running_server
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,12 @@ def api_server(jobs_url: str, logs_dir: Path) -> Iterator[LiveServer]:
         JOB_QUEUE_SIZE="3",
     ) as live:
         yield live
+
+
+@pytest.fixture
+async def api(api_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(api_server.url) as http:
+        yield http
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from flashsale import migrations
-from flashsale.bench.harness import LiveServer, status_is, wait_for_job
+from flashsale.bench.harness import status_is, wait_for_job
 from flashsale.settlement.schemas import job_key
 from tests.settlement.helpers import (
     FAST_RECOVERY,
@@ -35,12 +33,6 @@ from tests.settlement.helpers import (
     settlements,
 )
 from tests.support import EmbeddedPostgres, eventually, http_client, running_server, start_server
-
-
-@pytest.fixture
-async def api(api_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client(api_server.url) as http:
-        yield http
 
 
 async def test_a_full_queue_refuses_new_jobs_with_503_and_enqueues_nothing(

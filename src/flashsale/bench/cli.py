@@ -146,3 +146,17 @@ def bench_settlement(
     )  # fmt: skip
     with processes.database(processes.settings()) as url:
         settlement_bench.run(url, rows=rows, options=options, keep=keep)
+
+
+@bench.command("job-events")
+@click.option("--rows", default=10_000_000, show_default=True, type=click.IntRange(1, 10**9))
+@click.option("--merchants", default=1000, show_default=True, type=click.IntRange(1, 10**6))
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option("--streams", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="Idle streams whose database connections are counted")  # fmt: skip
+def bench_job_events(*, rows: int, merchants: int, runs: int, streams: int) -> None:
+    """Progress write -> event latency on another server; connections held by idle streams."""
+    from flashsale.bench import job_events
+
+    with processes.database(processes.settings()) as url:
+        job_events.run(url, rows=rows, merchants=merchants, runs=runs, streams=streams)

@@ -28,7 +28,7 @@ from uuid import UUID
 
 import asyncpg
 import structlog
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from flashsale.background import running
@@ -212,13 +212,14 @@ def _job_uuid(job: SettlementJob) -> UUID:
     return UUID(job.job_id.removeprefix("job_"))
 
 
-class EventStreamResponse(Response):
+class EventStreamResponse(StreamingResponse):
     """`text/event-stream` from an async iterator of bytes, ended when the client disconnects:
     the disconnect is watched on `receive`, so an idle stream of a client that went away ends at
     once, not at the next write that fails."""
 
     def __init__(self, events: AsyncGenerator[bytes]) -> None:
         super().__init__(
+            events,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             media_type="text/event-stream",  # per instance: OpenAPI documents errors as JSON
         )

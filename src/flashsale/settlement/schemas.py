@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Literal, Self
 from uuid import UUID
@@ -118,15 +119,21 @@ class SettlementPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")
 
 
-# A settlements page ends after this (merchant_id, date): the cursor is that pair, opaque to
-# clients (base64url of `merchant_id` NUL `YYYY-MM-DD`).
-SettlementKey = tuple[str, date]
+@dataclass(frozen=True, slots=True)
+class SettlementKey:
+    """Where a settlements page ends. Its cursor is opaque to clients: base64url of
+    `merchant_id` NUL `YYYY-MM-DD`. (Not a tuple: FastAPI reads a tuple as a repeated query
+    parameter.)"""
+
+    merchant_id: str
+    day: date
+
+
 MerchantId = Annotated[str, Field(min_length=1, max_length=200), Printable]
 
 
 def settlement_cursor(key: SettlementKey) -> str:
-    merchant_id, day = key
-    raw = f"{merchant_id}\0{day.isoformat()}".encode()
+    raw = f"{key.merchant_id}\0{key.day.isoformat()}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -137,7 +144,7 @@ def _cursor(value: object) -> object:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
             merchant_id, day = raw.split("\0")
             if merchant_id:
-                return (merchant_id, _day(day))
+                return SettlementKey(merchant_id, _day(day))  # type: ignore[arg-type]
         except ValueError:
             pass
     raise ValueError("must be a next_cursor returned by this endpoint")

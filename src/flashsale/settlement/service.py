@@ -192,7 +192,6 @@ async def cancel_job(conn: Connection, *, job_id: UUID) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class StoredReport:
-    job_id: UUID
     size: int
     finished_at: datetime
 
@@ -208,7 +207,7 @@ async def stored_report(conn: Connection, *, job_id: UUID) -> StoredReport:
         raise FileNotFound()
     if row["report_bytes"] is None:
         raise ReportExpired()
-    return StoredReport(job_id, row["report_bytes"], row["finished_at"])
+    return StoredReport(row["report_bytes"], row["finished_at"])
 
 
 async def report_chunk(conn: Connection, *, job_id: UUID, seq: int) -> bytes | None:
@@ -472,7 +471,7 @@ async def list_settlements(
         conditions.append(condition.format(*placeholders))
 
     if after is not None:
-        where("(merchant_id, date) > ({}, {})", *after)
+        where("(merchant_id, date) > ({}, {})", after.merchant_id, after.day)
     if merchant_id is not None:
         where("merchant_id = {}", merchant_id)
     if first_day is not None:
@@ -493,4 +492,4 @@ async def list_settlements(
     )
     page = [Settlement(**row) for row in rows[:limit]]
     more = len(rows) > limit
-    return page, (page[-1].merchant_id, page[-1].date) if more else None
+    return page, SettlementKey(page[-1].merchant_id, page[-1].date) if more else None
