@@ -477,3 +477,24 @@ async def test_the_key_lives_in_session_storage_until_forgotten(
         "This server needs its API key (401). Enter the server's API_KEY.", timeout=SLOW
     )
     await expect(page.locator("#products-body tr")).to_have_count(0)
+
+
+async def test_the_key_form_works_from_the_keyboard_with_a_visible_focus(
+    console: Console, pool: asyncpg.Pool
+) -> None:
+    await pool.execute("INSERT INTO products (name, price, stock) VALUES ('Widget', 1999, 7)")
+    await console.open(key=None)
+    page = console.page
+
+    await page.keyboard.press("Tab")
+    focused = await page.evaluate(
+        "() => [document.activeElement.id, getComputedStyle(document.activeElement).outlineStyle,"
+        " getComputedStyle(document.activeElement).outlineWidth]"
+    )
+    assert focused == ["api-key", "solid", "3px"]
+    await page.keyboard.type(API_KEY)
+    await page.keyboard.press("Enter")
+
+    await expect(page.locator("#products-body tr")).to_have_count(1)
+    assert await page.evaluate("() => document.documentElement.lang") == "en"
+    await console.screenshot("keyboard")
