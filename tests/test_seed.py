@@ -22,13 +22,14 @@ FROM transactions
 """
 
 
-def _seed(database_url: str, tmp_path: Path, *args: str) -> str:
+def _seed(database_url: str, tmp_path: Path, *args: str, check: bool = True) -> str:
+    """`flashsale seed ARGS`: its output (stdout, then stderr)."""
     result = subprocess.run(
         [sys.executable, "-m", "flashsale", "seed", *args],
         env={**os.environ, "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path)},
-        capture_output=True, text=True, cwd=ROOT, timeout=120, check=True,
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=check,
     )  # fmt: skip
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 async def test_seed_loads_transactions_deterministically(
@@ -77,6 +78,33 @@ async def test_seeded_rows_follow_the_seed_distributions(
     assert set(shares) == {"COMPLETED", "PENDING", "FAILED", "REFUNDED"}
     assert 0.85 < shares["COMPLETED"] < 0.95
     assert await pool.fetchval("SELECT count(*) FROM products WHERE stock = 7") == 2
+
+
+async def test_a_second_seed_adds_nothing_unless_asked(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    args = ["--products", "2", "--transactions", "1000"]
+    first = _seed(database_url, tmp_path, *args)
+    before = dict(await pool.fetchrow(SUMMARY))  # type: ignore[arg-type]
+
+    refused = _seed(database_url, tmp_path, *args, check=False)
+
+    assert "products: created 2 (ids 1..2), 0 already there" in first
+    assert refused.strip().splitlines() == [
+        "Error: transactions already holds 1,000 rows: add --append to add 1,000 more, "
+        "or --reset to replace them"
+    ]
+    assert dict(await pool.fetchrow(SUMMARY)) == before  # type: ignore[arg-type]
+    assert await pool.fetchval("SELECT count(*) FROM products") == 2
+
+    replaced = _seed(database_url, tmp_path, *args, "--reset")
+    assert "products: created none, 2 already there" in replaced
+    assert dict(await pool.fetchrow(SUMMARY)) == before  # type: ignore[arg-type]
+    _seed(database_url, tmp_path, "--products", "0", "--transactions", "500", "--append")
+    assert await pool.fetchval("SELECT count(*) FROM transactions") == 1_500
+    assert await pool.fetchval("SELECT count(*) FROM products") == 2
+    both = _seed(database_url, tmp_path, "--transactions", "1", "--reset", "--append", check=False)
+    assert "--reset and --append exclude each other" in both
 
 
 def test_fee_is_29_per_mille_rounded_half_up_plus_30() -> None:

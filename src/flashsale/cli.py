@@ -1,19 +1,23 @@
 """The `flashsale` command: parses options and dispatches to `processes` (serve, worker,
-migrate), `seeding` (seed) and `bench`."""
+migrate), `seeding` (seed) and `bench`.
+
+Only click is imported here: each command imports what it runs when it runs, so that `--help`,
+`--version` and a typo answer at once instead of after loading the whole service.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import click
-from tqdm import tqdm
 
-from flashsale import migrations, processes
 from flashsale.bench.cli import bench
-from flashsale.config import ConfigError
+from flashsale.errors import CommandError
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 class _Commands(click.Group):
@@ -22,7 +26,7 @@ class _Commands(click.Group):
         traceback."""
         try:
             return super().invoke(ctx)
-        except (ConfigError, processes.StartupError) as exc:
+        except CommandError as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -41,12 +45,16 @@ main.add_command(bench)
 @click.option("--workers", type=int, help="Worker processes [env WEB_CONCURRENCY, default 2]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API (embedded PostgreSQL unless a database is configured)."""
+    from flashsale import processes
+
     processes.serve(processes.settings(server_host=host, server_port=port, web_concurrency=workers))
 
 
 @main.command()
 def worker() -> None:
     """Run settlement jobs (any number of these, on any hosts, against one database)."""
+    from flashsale import processes
+
     processes.work(processes.settings())
 
 
@@ -62,6 +70,8 @@ def migrate(ctx: click.Context) -> None:
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Upgrade to REVISION (default head)."""
+    from flashsale import migrations, processes
+
     with processes.database(processes.settings()) as url:
         migrations.upgrade(url, revision)
 
@@ -70,8 +80,50 @@ def upgrade(revision: str) -> None:
 @click.argument("revision")
 def downgrade(revision: str) -> None:
     """Downgrade to REVISION ('base' removes every table)."""
+    from flashsale import migrations, processes
+
     with processes.database(processes.settings()) as url:
         migrations.downgrade(url, revision)
+
+
+@main.group(name="db")
+def database() -> None:
+    """Reach the database this service uses (configured, or the embedded PostgreSQL)."""
+
+
+@database.command()
+def url() -> None:
+    """Print its connection URL (the embedded one: a Unix socket in DATA_DIR, database
+    `flashsale`)."""
+    from flashsale import db, processes
+
+    settings = processes.settings()
+    running = settings.configured_database_url is not None or db.embedded_running(settings.data_dir)
+    with processes.database(settings) as connection_url:
+        click.echo(connection_url)
+    if not running:
+        click.echo(
+            "(the embedded PostgreSQL is not running: it answers while `flashsale serve` runs; "
+            "`flashsale db psql` starts it for its session)",
+            err=True,
+        )
+
+
+@database.command(context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def psql(psql_args: tuple[str, ...]) -> None:
+    """Open psql on it (psql from PATH, else the embedded PostgreSQL's own); PSQL_ARGS are
+    passed on, e.g. `flashsale db psql -c 'SELECT 1'`."""
+    import shutil
+    import subprocess
+
+    from flashsale import db, processes
+
+    with processes.database(processes.settings()) as connection_url:
+        binary = shutil.which("psql") or str(db.embedded_binary("psql"))
+        # The operator's own arguments, as a list (no shell): psql is theirs to drive.
+        code = subprocess.call([binary, connection_url, *psql_args])  # noqa: S603
+    raise SystemExit(code)
 
 
 def _parse_day(_: click.Context, __: click.Parameter, value: str) -> date:
@@ -110,22 +162,39 @@ def _parse_day(_: click.Context, __: click.Parameter, value: str) -> date:
     help="Last day of paid_at (UTC, inclusive)",
 )
 @click.option("--seed", default=42, show_default=True, type=int, help="Random seed")
-@click.option("--reset", is_flag=True, help="Empty the transactions table first")
+@click.option("--reset", is_flag=True, help="Replace the transactions already there")
+@click.option("--append", is_flag=True, help="Add to the transactions already there")
 def seed(
     *, products: int, stock: int, price: int, transactions: int, merchants: int,
-    first_day: date, last_day: date, seed: int, reset: bool,
+    first_day: date, last_day: date, seed: int, reset: bool, append: bool,
 ) -> None:  # fmt: skip
-    """Create demo products and bulk-load payment transactions (deterministic per --seed)."""
-    from flashsale import seeding
+    """Create the demo products that do not exist yet and bulk-load payment transactions
+    (deterministic per --seed). Refuses to add to existing transactions without --append or
+    --reset."""
+    from tqdm import tqdm
+
+    from flashsale import processes, seeding
 
     if first_day > last_day:
         raise click.BadParameter("--from must not be after --to")
+    if reset and append:
+        raise click.UsageError("--reset and --append exclude each other")
     spec = seeding.TransactionSpec(transactions, merchants, first_day, last_day, seed)
 
     async def work(conn: asyncpg.Connection) -> None:
+        if transactions and not (reset or append):
+            existing = await seeding.transaction_count(conn)
+            if existing:
+                raise click.ClickException(
+                    f"transactions already holds {existing:,} rows: add --append to add "
+                    f"{transactions:,} more, or --reset to replace them"
+                )
         if products:
-            ids = await seeding.create_demo_products(conn, count=products, stock=stock, price=price)
-            click.echo(f"products: created {len(ids)} (ids {ids[0]}..{ids[-1]})")
+            ids, present = await seeding.create_demo_products(
+                conn, count=products, stock=stock, price=price
+            )
+            created = f"created {len(ids)} (ids {ids[0]}..{ids[-1]})" if ids else "created none"
+            click.echo(f"products: {created}, {present} already there")
         if reset and not transactions:
             await conn.execute("TRUNCATE transactions")
         if transactions:

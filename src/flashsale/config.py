@@ -10,15 +10,17 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flashsale.errors import CommandError
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class ConfigError(Exception):
+class ConfigError(CommandError):
     """An environment variable has an invalid value; the message names it."""
 
 
@@ -100,6 +102,22 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.query):
+                raise ValueError(
+                    "must be a PostgreSQL URL, postgresql://user:password@host:port/database"
+                )
+        return value
+
+    @property
+    def database_variables(self) -> str:
+        """Which variables chose the configured database (for error messages)."""
+        return "DATABASE_URL" if self.database_url else "DB_HOST, DB_PORT, DB_USER, DB_NAME"
+
     @cached_property
     def configured_database_url(self) -> str | None:
         """The external database URL, or None when the embedded PostgreSQL should be used."""
@@ -123,4 +141,5 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
         shown = "" if variable in _SECRET_VARIABLES else f" (got {first['input']!r})"
-        raise ConfigError(f"invalid configuration: {variable}: {first['msg']}{shown}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid configuration: {variable}: {message}{shown}") from None

@@ -95,11 +95,35 @@ def start_embedded(data_dir: Path) -> str:
     return str(server.get_uri(EMBEDDED_DATABASE))
 
 
+def embedded_running(data_dir: Path) -> bool:
+    """Whether an embedded PostgreSQL runs on `data_dir` (its postmaster.pid is there)."""
+    return (data_dir / "pgdata" / "postmaster.pid").exists()
+
+
+def embedded_binary(name: str) -> Path:
+    """A PostgreSQL client program shipped with the embedded server (psql, pg_dump, ...)."""
+    return Path(import_pgserver().__file__).parent / "pginstall" / "bin" / name
+
+
 def stop_embedded() -> None:
     """Release the embedded servers this process started (stopped if no other process uses them)."""
     while _embedded_servers:
         _, server = _embedded_servers.popitem()
         server.cleanup()
+
+
+async def connection_problem(url: str, *, timeout_s: float) -> str | None:
+    """Why a connection to `url` cannot be had, in one line; None when it can."""
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout_s)
+    except asyncpg.InvalidCatalogNameError as exc:
+        return f"{exc} (create it first, e.g. with createdb)"
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return str(exc)
+    except (OSError, TimeoutError) as exc:
+        return f"cannot connect: {exc or type(exc).__name__}"
+    await conn.close()
+    return None
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -12,6 +12,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 
+class CommandError(Exception):
+    """A command cannot run (a bad setting, a database that cannot be reached or started):
+    `flashsale` prints its message as one line and exits non-zero, without a traceback."""
+
+
 class AppError(Exception):
     """Base of every error a request can be answered with; subclasses fix status and code."""
 
@@ -50,6 +55,10 @@ class ValidationFailed(AppError):
             message = str(err.get("msg", "invalid value"))
             if err.get("type") == "extra_forbidden":
                 message = "Unknown field"
+            elif err.get("type") == "json_invalid":  # its location is a character offset
+                field = "body"
+                reason = (err.get("ctx") or {}).get("error", "malformed")
+                message = f"Invalid JSON: {reason} (at character {location[0] if location else 0})"
             details.append({"field": field, "message": message})
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
         return cls(f"Invalid request: {summary}", details=details)
@@ -85,6 +94,14 @@ class MethodNotAllowed(AppError):
     status_code = 405
     code = "METHOD_NOT_ALLOWED"
     message = "Method not allowed for this resource"
+
+
+class BodyNotParsed(ValidationFailed):
+    """The framework could not decode a body declared as JSON (not UTF-8, a number too long)."""
+
+    message = (
+        "Invalid request: the body is not valid JSON (UTF-8 text, numbers of at most 4300 digits)"
+    )
 
 
 class HttpError(AppError):

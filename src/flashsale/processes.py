@@ -26,6 +26,7 @@ import structlog
 
 from flashsale import db, migrations
 from flashsale.config import Settings, load_settings
+from flashsale.errors import CommandError
 from flashsale.observability.exposition import multiprocess_directory
 from flashsale.observability.logging import configure_logging
 
@@ -34,7 +35,7 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 
-class StartupError(Exception):
+class StartupError(CommandError):
     """The database a command needs could not be had; the message says why."""
 
 
@@ -51,10 +52,19 @@ def database(settings: Settings, *, migrate: bool = False) -> Iterator[str]:
     """The database's URL for the block (migrated first with `migrate`); an embedded PostgreSQL
     started for it is released at the end, however the block ends."""
     try:
-        try:
-            url = db.database_url(settings)
-        except Exception as exc:
-            raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
+        url = settings.configured_database_url
+        if url is None:
+            try:
+                url = db.start_embedded(settings.data_dir)
+            except Exception as exc:
+                raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
+        else:
+            timeout_s = settings.db_connect_timeout_s
+            problem = asyncio.run(db.connection_problem(url, timeout_s=timeout_s))
+            if problem:
+                raise StartupError(
+                    f"cannot use the database ({settings.database_variables}): {problem}"
+                )
         if migrate:
             migrations.upgrade(url)
         yield url

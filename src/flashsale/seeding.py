@@ -136,16 +136,24 @@ async def copy_transactions(
 
 async def create_demo_products(
     conn: Connection, *, count: int, stock: int, price: int
-) -> list[int]:
+) -> tuple[list[int], int]:
+    """The demo products that do not exist yet (by name), created: their ids, and how many
+    were there already. So a second `flashsale seed` adds none."""
     names = [
         "Limited Edition Product" if count == 1 else f"Limited Edition Product #{i}"
         for i in range(1, count + 1)
     ]
     rows = await conn.fetch(
         "INSERT INTO products (name, price, stock) "
-        "SELECT name, $2, $3 FROM unnest($1::text[]) AS name RETURNING id",
+        "SELECT wanted.name, $2, $3 FROM unnest($1::text[]) AS wanted (name) "
+        "WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.name = wanted.name) RETURNING id",
         names,
         price,
         stock,
     )
-    return [row["id"] for row in rows]
+    return [row["id"] for row in rows], count - len(rows)
+
+
+async def transaction_count(conn: Connection) -> int:
+    """How many transactions there are (a second seed must not silently double them)."""
+    return int(await conn.fetchval("SELECT count(*) FROM transactions"))

@@ -87,6 +87,28 @@ async def test_control_and_invisible_characters_are_rejected(
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
 
 
+@pytest.mark.parametrize("path", ["/products", "/jobs/settlement"])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{", "Invalid JSON: Expecting property name enclosed in double quotes (at character 1)"),
+        (b'{"name": "a",, }', "Invalid JSON: Expecting property name enclosed in double quotes"),
+        (b'{"price": ' + b"9" * 5000 + b"}", "the body is not valid JSON"),
+        ('{"name": "\u00e9"}'.encode("latin-1"), "the body is not valid JSON"),
+    ],
+)
+async def test_bodies_that_are_not_json_say_so_in_a_400(
+    client: httpx.AsyncClient, path: str, raw: bytes, message: str
+) -> None:
+    response = await client.post(path, content=raw, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert message in error["message"]
+    assert all(detail["field"] == "body" for detail in error.get("details", []))
+
+
 @pytest.mark.parametrize(
     "raw",
     [

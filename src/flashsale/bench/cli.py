@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from flashsale import processes
-
 
 def _int_list(_: click.Context, __: click.Parameter, value: str) -> list[int]:
     try:
@@ -92,6 +90,7 @@ def bench_orders(
     """Hot-product orders/s, p50, p99 over HTTP (wrk) vs the HTTP ceiling (a 404, same
     generator, same servers) and the database's best single-order rate (pgbench); WAL per
     order, a grown orders table, a sold-out product, the ledger."""
+    from flashsale import processes
     from flashsale.bench import orders as orders_bench
 
     configurations = [
@@ -144,6 +143,8 @@ def bench_settlement(
         merchants=merchants, runs=runs, job_workers=job_workers, batch_size=batch_size,
         repeat=repeat, show_plans=explain,
     )  # fmt: skip
+    from flashsale import processes
+
     with processes.database(processes.settings()) as url:
         settlement_bench.run(url, rows=rows, options=options, keep=keep)
 
@@ -156,6 +157,7 @@ def bench_settlement(
               help="Idle streams whose database connections are counted")  # fmt: skip
 def bench_job_events(*, rows: int, merchants: int, runs: int, streams: int) -> None:
     """Progress write -> event latency on another server; connections held by idle streams."""
+    from flashsale import processes
     from flashsale.bench import job_events
 
     with processes.database(processes.settings()) as url:

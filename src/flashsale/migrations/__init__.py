@@ -8,8 +8,14 @@ from types import ModuleType
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError as AlembicCommandError
 
 from flashsale.db import sqlalchemy_url
+from flashsale.errors import CommandError
+
+
+class MigrationError(CommandError):
+    """Alembic refused (an unknown revision, say); the message is Alembic's."""
 
 
 def alembic_config(url: str) -> Config:
@@ -21,11 +27,17 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except AlembicCommandError as exc:
+        raise MigrationError(f"cannot upgrade to {revision!r}: {exc}") from exc
 
 
 def downgrade(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    try:
+        command.downgrade(alembic_config(url), revision)
+    except AlembicCommandError as exc:
+        raise MigrationError(f"cannot downgrade to {revision!r}: {exc}") from exc
 
 
 def current(url: str) -> None:

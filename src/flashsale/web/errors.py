@@ -20,6 +20,7 @@ from starlette.types import Scope
 
 from flashsale.errors import (
     AppError,
+    BodyNotParsed,
     HttpError,
     InternalError,
     MethodNotAllowed,
@@ -103,6 +104,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     known = _STATUS_CODES.get(exc.status_code)
+    if exc.status_code == 400:  # FastAPI's only own 400: a JSON body it could not decode
+        known = BodyNotParsed
     error = known() if known else HttpError(exc.status_code, str(exc.detail))
     return respond(request.scope, error, headers=dict(exc.headers) if exc.headers else None)
 
