@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from flashsale import __version__, db, health
@@ -31,8 +31,8 @@ from flashsale.settlement.api import router as settlement_router
 from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import job_runtime
 from flashsale.web.errors import install_error_handlers
-from flashsale.web.guards import RequestBodyGuard
-from flashsale.web.middleware import RequestContextMiddleware
+from flashsale.web.guards import RequestBodyGuard, known_query_parameters
+from flashsale.web.middleware import HeadAsGet, RequestContextMiddleware
 from flashsale.web.openapi import install_openapi
 
 log = structlog.get_logger()
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Limited-stock orders that never oversell, and merchant settlement jobs.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_parameters)],
     )
     install_error_handlers(app)
     install_openapi(app)
@@ -101,5 +102,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(PlaceOrderEndpoint, api=app)
     app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -51,11 +51,17 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--no-metrics-port",
+    is_flag=True,
+    help="Serve no /metrics on METRICS_PORT (as the worker `flashsale serve` supervises, whose "
+    "figures are in the API's /metrics)",
+)
+def worker(no_metrics_port: bool) -> None:
     """Run settlement jobs (any number of these, on any hosts, against one database)."""
     from flashsale import processes
 
-    processes.work(processes.settings())
+    processes.work(processes.settings(), metrics_port=not no_metrics_port)
 
 
 @main.group(invoke_without_command=True)

@@ -126,6 +126,26 @@ async def connection_problem(url: str, *, timeout_s: float) -> str | None:
     return None
 
 
+class Where:
+    """A WHERE clause of only the filters a request gives (so each combination is planned for
+    what it has), every value a numbered parameter: `add("date >= {}", day)`."""
+
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+        self.args: list[object] = []
+
+    def param(self, value: object) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, condition: str, *values: object) -> None:
+        self.conditions.append(condition.format(*(self.param(value) for value in values)))
+
+    @property
+    def sql(self) -> str:
+        return f"WHERE {' AND '.join(self.conditions)}" if self.conditions else ""
+
+
 def sqlalchemy_url(url: str) -> str:
     """The same database as a SQLAlchemy URL on the psycopg 3 driver (for Alembic)."""
     scheme, _, rest = url.partition("://")

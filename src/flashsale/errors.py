@@ -52,7 +52,7 @@ class ValidationFailed(AppError):
         for err in errors:
             location = [str(part) for part in err.get("loc", ()) if part != "body"]
             field = ".".join(location) or "body"
-            message = str(err.get("msg", "invalid value"))
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
             if err.get("type") == "extra_forbidden":
                 message = "Unknown field"
             elif err.get("type") == "json_invalid":  # its location is a character offset

@@ -93,10 +93,6 @@ def serve(settings: Settings) -> None:
     with database(settings, migrate=settings.auto_migrate) as url:
         # Server processes build their own app from the environment: give them this database.
         os.environ["DATABASE_URL"] = url
-        job_worker = None
-        if settings.embedded_worker and settings.web_concurrency > 1:
-            os.environ["EMBEDDED_WORKER"] = "false"
-            job_worker = SupervisedWorker({**os.environ, "AUTO_MIGRATE": "false"})
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; absorb them so that we
         # return from run() and release the embedded PostgreSQL instead of dying mid-cleanup.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,8 +103,14 @@ def serve(settings: Settings) -> None:
             port=settings.server_port,
             workers=settings.web_concurrency,
         )
+        job_worker = None
         try:
             with multiprocess_directory(settings.web_concurrency):
+                if settings.embedded_worker and settings.web_concurrency > 1:
+                    # Started after the metrics directory is set: the worker writes its
+                    # figures there, so one scrape of the API shows the whole `serve`.
+                    os.environ["EMBEDDED_WORKER"] = "false"
+                    job_worker = SupervisedWorker({**os.environ, "AUTO_MIGRATE": "false"})
                 uvicorn.run(
                     "flashsale.app:create_app",
                     factory=True,
@@ -126,12 +128,13 @@ def serve(settings: Settings) -> None:
     log.info("server.exited")
 
 
-def work(settings: Settings) -> None:
-    """Run settlement jobs until SIGTERM or SIGINT, then stop gracefully."""
+def work(settings: Settings, *, metrics_port: bool = True) -> None:
+    """Run settlement jobs until SIGTERM or SIGINT, then stop gracefully; serve /metrics on
+    METRICS_PORT unless told not to (`serve`'s supervised worker)."""
     from flashsale.settlement.worker import standalone_worker
 
     with database(settings, migrate=settings.auto_migrate) as url:
-        asyncio.run(standalone_worker(settings, url))
+        asyncio.run(standalone_worker(settings, url, metrics_port=metrics_port))
 
 
 class SupervisedWorker:
@@ -148,7 +151,9 @@ class SupervisedWorker:
         threading.Thread(target=self._watch, name="job-worker-supervisor", daemon=True).start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "flashsale", "worker"], env=self._env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "flashsale", "worker", "--no-metrics-port"], env=self._env
+        )
 
     def _watch(self) -> None:
         while True:

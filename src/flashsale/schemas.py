@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -47,13 +48,51 @@ def _rfc3339(value: object) -> datetime:
 # A point in time, given as RFC 3339 with an offset, kept (and returned) in UTC.
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
-RowId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
-Limit = Annotated[int, Field(ge=1, le=100)]
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _whole_number_text(value: object) -> object:
+    """A number given as text (a path or query value) must be plain ASCII digits: no `1.0`,
+    `+1`, ` 1` or `1e3`, which lax parsing would take as 1 (a JSON body's `1.0` is refused by
+    strict mode already). Anything else is left to the field's own validation."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number, written with digits only")
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number_text)
+RowId = Annotated[int, WholeNumber, Field(ge=1, le=BIGINT_MAX)]
+Limit = Annotated[int, WholeNumber, Field(ge=1, le=100)]
 # Deep OFFSET scans are slow; past this, use a filter instead.
-Offset = Annotated[int, Field(ge=0, le=100_000)]
+Offset = Annotated[int, WholeNumber, Field(ge=0, le=100_000)]
 
 
 class RequestBody(BaseModel):
     """Base of every JSON request body: JSON types only (no "1" for 1), no unknown fields."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+# --- Keyset paging -------------------------------------------------------------------------------
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,4096}")
+CURSOR_HINT = "must be a next_cursor returned by this endpoint"
+
+
+def encode_cursor(*parts: str) -> str:
+    """An opaque page cursor: the sort key where a page ended, as base64url of its parts."""
+    return base64.urlsafe_b64encode("\0".join(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: object, parts: int) -> list[str]:
+    """The `parts` strings of a cursor made by `encode_cursor`; ValueError for anything else."""
+    if isinstance(value, str) and _BASE64URL.fullmatch(value):
+        try:
+            decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        except ValueError:
+            pass
+        else:
+            fields = decoded.split("\0")
+            if len(fields) == parts and all(fields):
+                return fields
+    raise ValueError(CURSOR_HINT)

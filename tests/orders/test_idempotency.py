@@ -7,10 +7,12 @@ from collections import Counter
 
 import asyncpg
 import httpx
+import pytest
 
+from flashsale.bench.harness import LiveServer
 from flashsale.orders.service import delete_expired_idempotency_keys
 from tests.factories import make_product, stock_of
-from tests.support import until_a_query_waits_on_a_lock
+from tests.support import http_client, until_a_query_waits_on_a_lock
 
 
 def _body(product_id: int, quantity: int = 1) -> dict[str, object]:
@@ -48,16 +50,51 @@ async def test_same_key_with_a_different_body_is_422(
     assert await stock_of(pool, product["id"]) == 9
 
 
-async def test_a_refusal_is_replayed_too(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
-    product = await make_product(pool, stock=1)
-    headers = {"Idempotency-Key": "too-many"}
-    first = await client.post("/orders", json=_body(product["id"], 5), headers=headers)
-    await pool.execute("UPDATE products SET stock = 100 WHERE id = $1", product["id"])
+@pytest.fixture(params=["coalescing", "single"])
+def any_mode(
+    request: pytest.FixtureRequest, server: LiveServer, single_order_server: LiveServer
+) -> LiveServer:
+    """The session's server (flash-sale mode), then a server with ORDER_COALESCING=off."""
+    return server if request.param == "coalescing" else single_order_server
 
-    again = await client.post("/orders", json=_body(product["id"], 5), headers=headers)
 
+async def test_a_refusal_is_replayed_with_the_replay_header(
+    any_mode: LiveServer, pool: asyncpg.Pool
+) -> None:
+    # The new user's repro: stock 0, refused; restocked; the same request is the stored 409.
+    product = await make_product(pool, stock=0)
+    headers = {"Idempotency-Key": f"k-oos-{any_mode.port}"}
+    async with http_client(any_mode.url) as client:
+        first = await client.post("/orders", json=_body(product["id"], 5), headers=headers)
+        patched = await client.patch(
+            f"/products/{product['id']}", json={"stock": 100}, headers={"If-Match": "1"}
+        )
+        again = await client.post("/orders", json=_body(product["id"], 5), headers=headers)
+
+    assert patched.status_code == 200
     assert first.status_code == again.status_code == 409
     assert again.json() == first.json()
+    assert first.json()["error"]["code"] == "OUT_OF_STOCK"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+    assert await stock_of(pool, product["id"]) == 100
+
+
+async def test_a_stored_404_is_replayed_with_the_replay_header(
+    any_mode: LiveServer, pool: asyncpg.Pool
+) -> None:
+    headers = {"Idempotency-Key": f"k-404-{any_mode.port}"}
+    async with http_client(any_mode.url) as client:
+        first = await client.post("/orders", json=_body(1), headers=headers)
+        await make_product(pool)  # product 1 exists now
+        again = await client.post("/orders", json=_body(1), headers=headers)
+
+    assert first.status_code == again.status_code == 404
+    assert again.json() == first.json()
+    assert first.json()["error"]["code"] == "PRODUCT_NOT_FOUND"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
     assert await pool.fetchval("SELECT count(*) FROM orders") == 0
 
 

@@ -118,7 +118,7 @@ async def test_patch_unknown_product_is_404(client: httpx.AsyncClient) -> None:
     assert response.json()["error"]["code"] == "PRODUCT_NOT_FOUND"
 
 
-@pytest.mark.parametrize("if_match", ["abc", '"1', "*", "99999999999999999999"])
+@pytest.mark.parametrize("if_match", ["abc", '"1', "* , *", "99999999999999999999", '"1",'])
 async def test_malformed_if_match_is_400(
     client: httpx.AsyncClient, pool: asyncpg.Pool, if_match: str
 ) -> None:
@@ -129,6 +129,45 @@ async def test_malformed_if_match_is_400(
     )
 
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("if_match", "status"),
+    [("*", 200), ('"7", "1"', 200), ('W/"1"', 412), ('"2", W/"1"', 412), ("1", 200)],
+)
+async def test_if_match_takes_a_star_or_a_list_with_strong_comparison(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, if_match: str, status: int
+) -> None:
+    product = await make_product(pool)
+
+    response = await client.patch(
+        f"/products/{product['id']}", json={"stock": 1}, headers={"If-Match": if_match}
+    )
+
+    assert response.status_code == status, response.text
+    stock = await pool.fetchval("SELECT stock FROM products WHERE id = $1", product["id"])
+    assert stock == (1 if status == 200 else 100)
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status"),
+    [('"1"', 304), ('W/"1"', 304), ('"3", "1"', 304), ("*", 304), ('"2"', 200), ("junk", 200)],
+)
+async def test_get_with_if_none_match_is_304_when_an_etag_is_current(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, if_none_match: str, status: int
+) -> None:
+    product = await make_product(pool)
+
+    response = await client.get(
+        f"/products/{product['id']}", headers={"If-None-Match": if_none_match}
+    )
+
+    assert response.status_code == status
+    assert response.headers["etag"] == '"1"'
+    if status == 304:
+        assert response.content == b""
+    else:
+        assert response.json()["id"] == product["id"]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from flashsale.bench.harness import LiveServer, status_is, wait_for_job
+from flashsale.schemas import encode_cursor
 from tests.settlement.helpers import post_job, run_job
 
 
@@ -84,6 +85,50 @@ async def test_jobs_are_listed_newest_first(client: httpx.AsyncClient) -> None:
     assert (await client.get("/jobs", params={"status": "QUEUED"})).json()["jobs"] == []
     assert (await client.get("/jobs", params={"status": "DONE"})).status_code == 400
     assert (await client.get("/jobs", params={"limit": 0})).status_code == 400
+
+
+async def test_every_job_can_be_listed_page_by_page(
+    api: httpx.AsyncClient, jobs_db: asyncpg.Pool
+) -> None:
+    # 130 jobs (beyond the old limit of 100), several created in the same microsecond.
+    await jobs_db.execute(
+        "INSERT INTO settlement_jobs (from_date, to_date, status, created_at) "
+        "SELECT '2025-01-01', '2025-01-01', CASE WHEN n % 3 = 0 THEN 'CANCELLED' ELSE 'QUEUED' END, "
+        "'2026-01-01'::timestamptz + (n / 4) * interval '1 second' "
+        "FROM generate_series(1, 130) AS n"
+    )
+    newest_first = [
+        f"job_{row['id']}"
+        for row in await jobs_db.fetch(
+            "SELECT id FROM settlement_jobs ORDER BY created_at DESC, id DESC"
+        )
+    ]
+
+    async def all_pages(**params: str) -> list[list[str]]:
+        pages, cursor = [], None
+        while True:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            body = (await api.get("/jobs", params=query)).json()
+            pages.append([job["job_id"] for job in body["jobs"]])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return pages
+
+    pages = await all_pages(limit="17")
+    assert [len(page) for page in pages] == [17] * 7 + [11]
+    assert [job for page in pages for job in page] == newest_first
+    cancelled = await all_pages(limit="5", status="CANCELLED")
+    assert [job for page in cancelled for job in page] == [
+        f"job_{row['id']}"
+        for row in await jobs_db.fetch(
+            "SELECT id FROM settlement_jobs WHERE status = 'CANCELLED' "
+            "ORDER BY created_at DESC, id DESC"
+        )
+    ]
+    for bad in ("x", "bm90IGEgY3Vyc29y", encode_cursor("2026-01-01T00:00:00", str(uuid.uuid4()))):
+        response = await api.get("/jobs", params={"cursor": bad})
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["details"][0]["field"] == "query.cursor"
 
 
 @pytest.mark.parametrize(

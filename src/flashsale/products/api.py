@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
@@ -15,22 +15,51 @@ from flashsale.web.errors import documented
 router = APIRouter(prefix="/products", tags=["products"])
 
 ProductId = Annotated[RowId, Path(description="Product id")]
-# An ETag as we send it ("3", optionally weak), or the bare version number.
-_ETAG = re.compile(r'^\s*(?:W/)?(?:"(\d{1,18})"|(\d{1,18}))\s*$')
+# One entity tag as we send it ("3", or weak W/"3"), or the bare version number (README).
+_ENTITY_TAG = re.compile(r'(W/)?"(\d{1,18})"|(\d{1,18})')
 
 
 def _etag(product: Product) -> str:
     return f'"{product.version}"'
 
 
-def _parse_if_match(value: str) -> int:
-    match = _ETAG.match(value)
-    if match is None:
+def _entity_tags(value: str) -> list[tuple[bool, int]] | None:
+    """An If-Match or If-None-Match value (RFC 9110): None for `*`, else its entity tags as
+    (weak, version). ValueError when it is not a list of our tags."""
+    if value.strip() == "*":
+        return None
+    tags = []
+    for part in value.split(","):
+        match = _ENTITY_TAG.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(part)
+        tags.append((match.group(1) is not None, int(match.group(2) or match.group(3))))
+    return tags
+
+
+def _if_match_versions(value: str) -> list[int] | None:
+    """The versions a PATCH may apply to: None for `*` (any); strong comparison, so a weak tag
+    matches none (RFC 9110 13.1.1)."""
+    try:
+        tags = _entity_tags(value)
+    except ValueError:
         raise ValidationFailed(
-            'If-Match must be the product\'s version, e.g. If-Match: "3"',
+            'If-Match must be the product\'s ETag (e.g. If-Match: "3"), a list of them, or *',
             details=[{"field": "If-Match", "message": "not a version"}],
-        )
-    return int(match.group(1) or match.group(2))
+        ) from None
+    return None if tags is None else [version for weak, version in tags if not weak]
+
+
+def _none_match(value: str | None, product: Product) -> bool:
+    """Whether If-None-Match names the product's current ETag (weak comparison); a value that
+    is not a list of our tags names nothing."""
+    if value is None:
+        return False
+    try:
+        tags = _entity_tags(value)
+    except ValueError:
+        return False
+    return tags is None or any(version == product.version for _, version in tags)
 
 
 @router.post(
@@ -59,12 +88,25 @@ async def list_products(
 
 @router.get(
     "/{product_id}",
-    responses=documented(ValidationFailed, service.ProductNotFound),
+    response_model=Product,
+    responses={
+        304: {"description": "Not modified: If-None-Match names the current ETag"},
+        **documented(ValidationFailed, service.ProductNotFound),
+    },
     summary="Get a product (with its ETag)",
 )
-async def get_product(product_id: ProductId, database: Db, response: Response) -> Product:
+async def get_product(
+    product_id: ProductId,
+    database: Db,
+    response: Response,
+    if_none_match: Annotated[
+        str | None, Header(description="ETags you hold: 304 when one is current")
+    ] = None,
+) -> Any:
     async with database.connection() as conn:
         product = await service.get_product(conn, product_id=product_id)
+    if _none_match(if_none_match, product):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": _etag(product)})
     response.headers["ETag"] = _etag(product)
     return product
 
@@ -87,14 +129,18 @@ async def update_product(
     database: Db,
     response: Response,
     if_match: Annotated[
-        str | None, Header(description="The version you read (from GET's ETag)")
+        str | None,
+        Header(description="The ETag you read (from GET), a list of ETags, or * for any"),
     ] = None,
 ) -> Product:
     if if_match is None:
         raise service.VersionRequired()
     async with database.connection() as conn:
         product = await service.update_product(
-            conn, product_id=product_id, expected_version=_parse_if_match(if_match), changes=body
+            conn,
+            product_id=product_id,
+            expected_versions=_if_match_versions(if_match),
+            changes=body,
         )
     response.headers["ETag"] = _etag(product)
     return product

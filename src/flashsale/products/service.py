@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
 from flashsale.db import Connection
@@ -62,9 +64,14 @@ async def list_products(conn: Connection, *, limit: int, offset: int) -> list[Pr
 
 
 async def update_product(
-    conn: Connection, *, product_id: int, expected_version: int, changes: ProductUpdate
+    conn: Connection,
+    *,
+    product_id: int,
+    expected_versions: Sequence[int] | None,
+    changes: ProductUpdate,
 ) -> Product:
-    """Apply `changes` only if the row still has `expected_version`; bump the version. Setting
+    """Apply `changes` only if the row's version is one of `expected_versions` (None: any, as
+    `If-Match: *`); bump the version. Setting
     a limit where there was none counts the buyers' confirmed units (a trigger, migration 0005).
     """
     try:
@@ -79,11 +86,11 @@ async def update_product(
                 sale_ends_at = CASE WHEN $10 THEN $11::timestamptz ELSE sale_ends_at END,
                 version = version + 1,
                 updated_at = now()
-            WHERE id = $1 AND version = $2
+            WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2::bigint[]))
             RETURNING {_COLUMNS}
             """,
             product_id,
-            expected_version,
+            expected_versions,
             changes.name,
             changes.price,
             changes.stock,

@@ -11,19 +11,19 @@ from fastapi.responses import StreamingResponse
 from flashsale.deps import AdminOnly, AppSettings, Db, JobEventHub, Jobs
 from flashsale.errors import Unauthorized, ValidationFailed
 from flashsale.observability import metrics
-from flashsale.schemas import Limit
 from flashsale.settlement import service
 from flashsale.settlement.events import EventStreamResponse, TooManyStreams
 from flashsale.settlement.schemas import (
     CancelRequested,
     JobAccepted,
-    JobStatus,
+    JobQuery,
     SettlementJob,
     SettlementJobCreate,
     SettlementJobList,
     SettlementPage,
     SettlementQuery,
     csv_name,
+    job_cursor,
     job_key,
     parse_job_key,
     settlement_cursor,
@@ -65,15 +65,17 @@ async def create_settlement_job(
     return JobAccepted(job_id=job.job_id, status=job.status)
 
 
-@router.get("/jobs", responses=documented(ValidationFailed), summary="Recent jobs")
-async def list_jobs(
-    database: Db,
-    limit: Annotated[Limit, Query()] = 20,
-    status: Annotated[JobStatus | None, Query()] = None,
-) -> SettlementJobList:
+@router.get(
+    "/jobs", responses=documented(ValidationFailed), summary="Jobs, newest first, a page at a time"
+)
+async def list_jobs(database: Db, query: Annotated[JobQuery, Query()]) -> SettlementJobList:
     async with database.connection() as conn:
-        jobs = await service.list_jobs(conn, limit=limit, status=status)
-    return SettlementJobList(jobs=jobs, limit=limit)
+        jobs, last = await service.list_jobs(
+            conn, limit=query.limit, status=query.status, after=query.cursor
+        )
+    return SettlementJobList(
+        jobs=jobs, limit=query.limit, next_cursor=job_cursor(last) if last is not None else None
+    )
 
 
 @router.get(

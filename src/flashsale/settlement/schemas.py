@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -9,7 +8,15 @@ from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from flashsale.schemas import Printable, RequestBody
+from flashsale.schemas import (
+    CURSOR_HINT,
+    Limit,
+    Printable,
+    RequestBody,
+    WholeNumber,
+    decode_cursor,
+    encode_cursor,
+)
 
 JobStatus = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 MAX_RANGE_DAYS = 366
@@ -97,6 +104,7 @@ class SettlementJob(BaseModel):
 class SettlementJobList(BaseModel):
     jobs: list[SettlementJob]
     limit: int
+    next_cursor: str | None = Field(description="Pass as `cursor` for older jobs; null: last")
 
 
 class CancelRequested(BaseModel):
@@ -133,25 +141,41 @@ MerchantId = Annotated[str, Field(min_length=1, max_length=200), Printable]
 
 
 def settlement_cursor(key: SettlementKey) -> str:
-    raw = f"{key.merchant_id}\0{key.day.isoformat()}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(key.merchant_id, key.day.isoformat())
 
 
-def _cursor(value: object) -> object:
-    """The key a cursor made by `settlement_cursor` stands for; anything else is refused."""
-    if isinstance(value, str) and len(value) <= 4096 and _BASE64URL.fullmatch(value):
-        try:
-            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-            merchant_id, day = raw.split("\0")
-            if merchant_id:
-                return SettlementKey(merchant_id, _day(day))  # type: ignore[arg-type]
-        except ValueError:
-            pass
-    raise ValueError("must be a next_cursor returned by this endpoint")
+def _settlement_key(value: object) -> object:
+    merchant_id, day = decode_cursor(value, 2)
+    return SettlementKey(merchant_id, _day(day))  # type: ignore[arg-type]
 
 
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-Cursor = Annotated[SettlementKey, BeforeValidator(_cursor)]
+Cursor = Annotated[SettlementKey, BeforeValidator(_settlement_key)]
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """Where a page of jobs (newest first) ends; its cursor: base64url of created_at NUL id."""
+
+    created_at: datetime
+    id: UUID
+
+
+def job_cursor(key: JobKey) -> str:
+    return encode_cursor(key.created_at.isoformat(), str(key.id))
+
+
+def _job_key(value: object) -> object:
+    created_at, job_id = decode_cursor(value, 2)
+    try:
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError(created_at)
+        return JobKey(moment, UUID(job_id))
+    except ValueError:
+        raise ValueError(CURSOR_HINT) from None
+
+
+JobCursor = Annotated[JobKey, BeforeValidator(_job_key)]
 
 
 class SettlementQuery(BaseModel):
@@ -162,7 +186,7 @@ class SettlementQuery(BaseModel):
     from_: Day | None = Field(None, alias="from", description="First day, inclusive")
     to: Day | None = Field(None, description="Last day, inclusive")
     merchant_id: MerchantId | None = Field(None, description="One merchant only")
-    limit: int = Field(100, ge=1, le=1000)
+    limit: Annotated[int, WholeNumber] = Field(100, ge=1, le=1000)
     cursor: Cursor | None = Field(None, description="next_cursor of the previous page")
 
     @model_validator(mode="after")
@@ -170,3 +194,13 @@ class SettlementQuery(BaseModel):
         if self.from_ is not None and self.to is not None and self.from_ > self.to:
             raise ValueError("'from' must not be after 'to'")
         return self
+
+
+class JobQuery(BaseModel):
+    """`GET /jobs`'s query parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Limit = Field(20, description="Jobs per page, 1-100")
+    status: JobStatus | None = Field(None, description="Only jobs in this status")
+    cursor: JobCursor | None = Field(None, description="next_cursor of the previous page")

@@ -16,9 +16,10 @@ from uuid import UUID
 
 import asyncpg
 
-from flashsale.db import Connection
+from flashsale.db import Connection, Where
 from flashsale.errors import AppError, NotFound
 from flashsale.settlement.schemas import (
+    JobKey,
     JobStatus,
     Settlement,
     SettlementJob,
@@ -153,18 +154,25 @@ async def get_jobs(conn: Connection, *, job_ids: Collection[UUID]) -> list[Settl
 
 
 async def list_jobs(
-    conn: Connection, *, limit: int, status: JobStatus | None = None
-) -> list[SettlementJob]:
+    conn: Connection, *, limit: int, status: JobStatus | None = None, after: JobKey | None = None
+) -> tuple[list[SettlementJob], JobKey | None]:
+    """Newest first, after `after`; and the key to continue from (None on the last page)."""
+    where = Where()
+    if status is not None:
+        where.add("status = {}", status)
+    if after is not None:
+        where.add("(created_at, id) < ({}, {})", after.created_at, after.id)
     rows = await conn.fetch(
         f"""
-        SELECT {_JOB_COLUMNS} FROM settlement_jobs
-        WHERE $2::text IS NULL OR status = $2
-        ORDER BY created_at DESC, id DESC LIMIT $1
+        SELECT {_JOB_COLUMNS} FROM settlement_jobs {where.sql}
+        ORDER BY created_at DESC, id DESC LIMIT {where.param(limit + 1)}
         """,
-        limit,
-        status,
+        *where.args,
     )
-    return [_job(row) for row in rows]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return [_job(row) for row in rows[:limit]], (
+        JobKey(last["created_at"], last["id"]) if last is not None else None
+    )
 
 
 async def cancel_job(conn: Connection, *, job_id: UUID) -> float | None:
@@ -457,38 +465,24 @@ async def list_settlements(
     limit: int,
 ) -> tuple[list[Settlement], SettlementKey | None]:
     """A page in (merchant_id, date) order, after `after`; and the key to continue from (None
-    on the last page). Keyset paging on the primary key: a deep page costs what the first does.
-    Only the filters given are in the SQL, so each combination gets a plan that can use them."""
-    conditions: list[str] = []
-    args: list[object] = []
-
-    def where(condition: str, *values: object) -> None:
-        """Add `condition`, its `{}`s standing for `values`, as numbered parameters."""
-        placeholders = []
-        for value in values:
-            args.append(value)
-            placeholders.append(f"${len(args)}")
-        conditions.append(condition.format(*placeholders))
-
+    on the last page). Keyset paging on the primary key: a deep page costs what the first does."""
+    where = Where()
     if after is not None:
-        where("(merchant_id, date) > ({}, {})", after.merchant_id, after.day)
+        where.add("(merchant_id, date) > ({}, {})", after.merchant_id, after.day)
     if merchant_id is not None:
-        where("merchant_id = {}", merchant_id)
+        where.add("merchant_id = {}", merchant_id)
     if first_day is not None:
-        where("date >= {}", first_day)
+        where.add("date >= {}", first_day)
     if last_day is not None:
-        where("date <= {}", last_day)
-    args.append(limit + 1)
+        where.add("date <= {}", last_day)
     rows = await conn.fetch(
         f"""
         SELECT merchant_id, date, gross_cents, fee_cents, net_cents, txn_count, job_id,
                generated_at
-        FROM settlements
-        {"WHERE " + " AND ".join(conditions) if conditions else ""}
-        ORDER BY merchant_id, date
-        LIMIT ${len(args)}
+        FROM settlements {where.sql}
+        ORDER BY merchant_id, date LIMIT {where.param(limit + 1)}
         """,
-        *args,
+        *where.args,
     )
     page = [Settlement(**row) for row in rows[:limit]]
     more = len(rows) > limit

@@ -134,12 +134,12 @@ async def job_runtime(settings: Settings, url: str, *, worker: bool) -> AsyncIte
         await runtime.app.close_async()
 
 
-async def standalone_worker(settings: Settings, url: str) -> None:
+async def standalone_worker(settings: Settings, url: str, *, metrics_port: bool = True) -> None:
     """`flashsale worker`: run jobs until SIGTERM or SIGINT, then stop gracefully."""
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    metrics_server = exposition.serve_worker_metrics(settings)
+    metrics_server = exposition.serve_worker_metrics(settings) if metrics_port else None
     async with job_runtime(settings, url, worker=True), sampling(None):
         log.info("worker.started", concurrency=settings.job_concurrency)
         await stop.wait()

@@ -8,6 +8,7 @@ Every error response goes through `respond`, which counts it in the metrics.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from flashsale.errors import (
@@ -101,13 +103,37 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return respond(request.scope, ValidationFailed.from_errors(exc.errors()))
 
 
+def _flat(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The app's routes, with those of included routers (FastAPI keeps each included router as
+    one route holding its `original_router`; our routers are included without a prefix)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _flat(included.routes) if included is not None else (route,)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path (Starlette's 405 names only the first
+    route's), and HEAD wherever GET is (`HeadAsGet`)."""
+    methods: set[str] = set()
+    for route in _flat(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     known = _STATUS_CODES.get(exc.status_code)
     if exc.status_code == 400:  # FastAPI's only own 400: a JSON body it could not decode
         known = BodyNotParsed
     error = known() if known else HttpError(exc.status_code, str(exc.detail))
-    return respond(request.scope, error, headers=dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return respond(request.scope, error, headers=headers or None)
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,7 @@
-"""Edge checks on a request body before any routing or parsing: its size and its media type.
+"""Edge checks on a request: its body's size and media type, and its query parameters' names.
 
-A pure ASGI middleware (a few microseconds), so the hot path pays almost nothing:
+The body checks are a pure ASGI middleware before any routing or parsing (a few microseconds),
+so the hot path pays almost nothing:
 - a body must be declared as JSON (415 UNSUPPORTED_MEDIA_TYPE otherwise);
 - a body may be at most `max_bytes`: a larger Content-Length is refused before reading, and a
   streamed (chunked) body is counted as it arrives, so neither can push past the limit (413).
@@ -8,7 +9,9 @@ A pure ASGI middleware (a few microseconds), so the hot path pays almost nothing
 
 from __future__ import annotations
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.dependencies.models import Dependant
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flashsale.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -61,3 +64,43 @@ class RequestBodyGuard:
             return message
 
         return receive_within_limit
+
+
+# Query parameters: an app-wide dependency, run after routing (it needs the route's declarations).
+
+
+def _declared_query(dependant: Dependant) -> frozenset[str]:
+    """The query parameter names a route declares, through its dependencies and query models."""
+    names: set[str] = set()
+    for param in dependant.query_params:
+        model = param.field_info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names |= {field.alias or name for name, field in model.model_fields.items()}
+        else:
+            names.add(param.alias)
+    for sub in dependant.dependencies:
+        names |= _declared_query(sub)
+    return frozenset(names)
+
+
+_DECLARED: dict[int, frozenset[str]] = {}
+
+
+async def known_query_parameters(request: Request) -> None:
+    """400 for a query parameter the route does not declare, as for an unknown body field:
+    a misspelt filter must not silently return everything."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    declared = _DECLARED.get(id(route))
+    if declared is None:
+        declared = _DECLARED[id(route)] = _declared_query(dependant)
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown query parameter: {', '.join(unknown)}",
+            details=[
+                {"field": f"query.{name}", "message": "Unknown parameter"} for name in unknown
+            ],
+        )

@@ -7,6 +7,8 @@ method, route template, status and duration, and records the same in the HTTP me
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import structlog
@@ -56,3 +58,38 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(seconds * 1000, 3),
             )
+
+
+class HeadAsGet:
+    """HEAD wherever GET is answered (RFC 9110): the GET's status and headers, no body.
+
+    The app runs the request as a GET; once its response has started, the body is dropped and
+    the app is stopped, so that a HEAD of an endless stream (job events) ends at once too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        ended = asyncio.Event()
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body" and not ended.is_set():
+                ended.set()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        running = asyncio.ensure_future(self.app({**scope, "method": "GET"}, receive, headers_only))
+        waiting = asyncio.ensure_future(ended.wait())
+        try:
+            await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            if not running.done():
+                running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running  # re-raises what the app raised before the response ended
