@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from flashsale import __version__, db, health
 from flashsale.config import Settings, load_settings
+from flashsale.console.api import router as console_router
 from flashsale.deps import AppState, set_state
 from flashsale.errors import refusal_reasons
 from flashsale.observability import metrics
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products_router)
     app.include_router(orders_router)
     app.include_router(settlement_router)
+    app.include_router(console_router)
     metrics.export_refusals_from_zero(refusal_reasons())
     if settings.cors_origins:
         app.add_middleware(
