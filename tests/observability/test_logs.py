@@ -14,8 +14,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import structlog
 
 from flashsale.bench.harness import LiveServer
+from flashsale.observability.logging import configure_logging
 from tests.factories import make_product
 from tests.support import http_client, running_server
 
@@ -179,3 +181,16 @@ def test_text_format_for_humans() -> None:
     for line in lines:
         with pytest.raises(json.JSONDecodeError):
             json.loads(line)
+
+
+def test_a_logged_traceback_carries_no_local_variables(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json")
+    authorization = "Bearer key-that-must-not-be-logged"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        structlog.get_logger().exception("test.failed", header_count=len(authorization))
+
+    logged = capfd.readouterr().err
+    assert "RuntimeError" in logged
+    assert "key-that-must-not-be-logged" not in logged

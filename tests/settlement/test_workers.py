@@ -161,7 +161,13 @@ async def test_several_server_processes_share_one_job_worker(
             assert await downloaded_rows(client, job) == await expected_csv(jobs_db, *MONTH)
         assert await jobs_db.fetchval("SELECT count(*) FROM procrastinate_workers") == 1
         children = _children(server.process.pid)
-        assert sum(command.endswith("flashsale worker --no-metrics-port") for command in children.values()) == 1
+        assert (
+            sum(
+                command.endswith("flashsale worker --no-metrics-port")
+                for command in children.values()
+            )
+            == 1
+        )
         assert sum("multiprocessing-fork" in command for command in children.values()) == 2
 
     assert await jobs_db.fetchval("SELECT count(*) FROM procrastinate_workers") == 0
@@ -179,7 +185,9 @@ async def test_the_job_worker_beside_several_server_processes_is_restarted_when_
         def job_workers() -> list[int]:
             children = _children(server.process.pid)
             return [
-                pid for pid, command in children.items() if command.endswith("flashsale worker --no-metrics-port")
+                pid
+                for pid, command in children.items()
+                if command.endswith("flashsale worker --no-metrics-port")
             ]
 
         [first] = job_workers()

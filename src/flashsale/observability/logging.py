@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import structlog
+import structlog.tracebacks
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -36,7 +37,12 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     tail: list[Any]  # for the standard library's loggers: they need text
     logger_factory: Any
     if fmt == "json":
-        tail = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        # Tracebacks without the frames' local variables: those hold request headers, the
+        # API key among them, and database URLs with passwords.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        tail = [tracebacks, structlog.processors.JSONRenderer()]
         # Our own events (one per request) are rendered to bytes by orjson and written as they
         # are, without the standard library's json and a text layer: less work per line.
         own_tail = [tail[0], structlog.processors.JSONRenderer(serializer=orjson.dumps)]
