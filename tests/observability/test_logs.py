@@ -14,10 +14,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import structlog
 
 from flashsale.bench.harness import LiveServer
-from flashsale.observability.logging import configure_logging
 from tests.factories import make_product
 from tests.support import http_client, running_server
 
@@ -183,14 +181,23 @@ def test_text_format_for_humans() -> None:
             json.loads(line)
 
 
-def test_a_logged_traceback_carries_no_local_variables(capfd: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", "json")
-    authorization = "Bearer key-that-must-not-be-logged"
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        structlog.get_logger().exception("test.failed", header_count=len(authorization))
+_TRACEBACK_PROBE = """
+import structlog
+from flashsale.observability.logging import configure_logging
+configure_logging("info", "json")
+authorization = "Bearer key-that-must-not-be-logged"
+try:
+    raise RuntimeError("boom")
+except RuntimeError:
+    structlog.get_logger().exception("test.failed", header_count=len(authorization))
+"""
 
-    logged = capfd.readouterr().err
-    assert "RuntimeError" in logged
-    assert "key-that-must-not-be-logged" not in logged
+
+def test_a_logged_traceback_carries_no_local_variables() -> None:
+    # In a process of its own: configuring logging here would bind this process's stderr.
+    done = subprocess.run(
+        [sys.executable, "-c", _TRACEBACK_PROBE], capture_output=True, text=True, check=True
+    )
+
+    assert "RuntimeError" in done.stderr
+    assert "key-that-must-not-be-logged" not in done.stderr
