@@ -17,7 +17,7 @@ import contextlib
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -124,6 +124,46 @@ async def connection_problem(url: str, *, timeout_s: float) -> str | None:
         return f"cannot connect: {exc or type(exc).__name__}"
     await conn.close()
     return None
+
+
+_RECONNECT_DELAY_S = 1.0
+
+
+async def listen_forever(
+    url: str,
+    channel: str,
+    *,
+    name: str,
+    on_payload: Callable[[str], None],
+    on_listening: Callable[[], None],
+    on_down: Callable[[], None] = lambda: None,
+    down_event: str,
+) -> None:
+    """LISTEN on `channel` on a connection of its own (application_name `name`) until
+    cancelled, reconnecting when it drops. `on_listening` runs each time it listens again (the
+    caller catches up on what was missed meanwhile); `on_down` each time it stops; the loss is
+    logged as `down_event`."""
+    while True:
+        try:
+            conn = await asyncpg.connect(
+                url, timeout=10, server_settings={"application_name": name}
+            )
+            try:
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _, done=closed: done.set())
+                await conn.add_listener(
+                    channel, lambda _conn, _pid, _channel, payload: on_payload(str(payload))
+                )
+                on_listening()
+                await closed.wait()
+                log.warning(down_event, error="connection closed")
+            finally:
+                await conn.close(timeout=2)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # type: ignore[misc]
+            log.warning(down_event, error=repr(exc))
+        finally:
+            on_down()
+        await asyncio.sleep(_RECONNECT_DELAY_S)
 
 
 class Where:

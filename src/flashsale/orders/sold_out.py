@@ -23,24 +23,21 @@ stock goes up again (a restock or a cancellation).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
 
-import asyncpg
 import structlog
 
 from flashsale.background import running
-from flashsale.db import UNAVAILABLE_ERRORS, Connection
+from flashsale.db import listen_forever
 from flashsale.observability import metrics
 from flashsale.orders.service import OrderRequest, OutOfStock
 
 log = structlog.get_logger()
 
 STOCK_INCREASED_CHANNEL = "flashsale_stock_increased"  # the trigger's channel (migration 0004)
-_RECONNECT_DELAY_S = 1.0
 
 
 def listener_name() -> str:
@@ -93,40 +90,30 @@ class SoldOut:
     @contextlib.asynccontextmanager
     async def listening(self, url: str) -> AsyncIterator[None]:
         """LISTEN for stock increases on a connection of its own, reconnecting when it drops."""
-        async with running(self._listen(url)):
+        async with running(
+            listen_forever(
+                url,
+                STOCK_INCREASED_CHANNEL,
+                name=listener_name(),
+                on_payload=self._on_notification,
+                on_listening=self._on_listening,
+                on_down=self._on_down,
+                down_event="orders.sold_out_listener_down",
+            )
+        ):
             yield
 
-    async def _listen(self, url: str) -> None:
-        while True:
-            try:
-                await self._listen_once(url)
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # type: ignore[misc]
-                log.warning("orders.sold_out_listener_down", error=repr(exc))
-            finally:
-                self._listening = False
-                self.forget()
-            await asyncio.sleep(_RECONNECT_DELAY_S)
+    def _on_listening(self) -> None:
+        self.forget()  # marks made before we listened may predate a restock
+        self._listening = True
+        log.info("orders.sold_out_listening")
 
-    async def _listen_once(self, url: str) -> None:
-        conn = await asyncpg.connect(
-            url, timeout=10, server_settings={"application_name": listener_name()}
-        )
-        try:
-            closed = asyncio.Event()
-            conn.add_termination_listener(lambda _: closed.set())
-            await conn.add_listener(STOCK_INCREASED_CHANNEL, self._on_notification)
-            self.forget()  # marks made before we listened may predate a restock
-            self._listening = True
-            log.info("orders.sold_out_listening")
-            await closed.wait()
-            log.warning("orders.sold_out_listener_down", error="connection closed")
-        finally:
-            await conn.close(timeout=2)
+    def _on_down(self) -> None:
+        self._listening = False
+        self.forget()
 
-    def _on_notification(
-        self, _conn: Connection, _pid: int, _channel: str, payload: object
-    ) -> None:
+    def _on_notification(self, payload: str) -> None:
         try:
-            self.forget(int(str(payload)))
+            self.forget(int(payload))
         except ValueError:
             self.forget()

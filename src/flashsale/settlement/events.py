@@ -26,13 +26,12 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from uuid import UUID
 
-import asyncpg
 import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from flashsale.background import running
-from flashsale.db import UNAVAILABLE_ERRORS, Connection, Database
+from flashsale.db import Database, listen_forever
 from flashsale.errors import AppError
 from flashsale.observability import metrics
 from flashsale.settlement import service
@@ -43,7 +42,6 @@ log = structlog.get_logger()
 JOB_CHANGED_CHANNEL = "flashsale_job_changed"  # the trigger's channel (migration 0006)
 HEARTBEAT_S = 15.0
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-_RECONNECT_DELAY_S = 1.0
 
 
 class TooManyStreams(AppError):
@@ -171,37 +169,23 @@ class JobEvents:
         async with (
             running(self._reader()),
             running(self._periodically()),
-            running(self._listen(url)),
+            running(
+                listen_forever(
+                    url,
+                    JOB_CHANGED_CHANNEL,
+                    name=listener_name(),
+                    on_payload=self._on_notification,
+                    # What changed while nobody listened: read every watched job again.
+                    on_listening=lambda: self._read_again(self._watches),
+                    down_event="settlement.job_events_listener_down",
+                )
+            ),
         ):
             yield
 
-    async def _listen(self, url: str) -> None:
-        while True:
-            try:
-                await self._listen_once(url)
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # type: ignore[misc]
-                log.warning("settlement.job_events_listener_down", error=repr(exc))
-            await asyncio.sleep(_RECONNECT_DELAY_S)
-
-    async def _listen_once(self, url: str) -> None:
-        conn = await asyncpg.connect(
-            url, timeout=10, server_settings={"application_name": listener_name()}
-        )
+    def _on_notification(self, payload: str) -> None:
         try:
-            closed = asyncio.Event()
-            conn.add_termination_listener(lambda _: closed.set())
-            await conn.add_listener(JOB_CHANGED_CHANNEL, self._on_notification)
-            self._read_again(self._watches)  # what changed while nobody listened
-            await closed.wait()
-            log.warning("settlement.job_events_listener_down", error="connection closed")
-        finally:
-            await conn.close(timeout=2)
-
-    def _on_notification(
-        self, _conn: Connection, _pid: int, _channel: str, payload: object
-    ) -> None:
-        try:
-            job_id = UUID(str(payload))
+            job_id = UUID(payload)
         except ValueError:
             return
         if job_id in self._watches:
