@@ -30,6 +30,8 @@ from flashsale.products.api import router as products_router
 from flashsale.settlement.api import router as settlement_router
 from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import job_runtime
+from flashsale.transactions.api import IMPORT_PATH, import_body_rule
+from flashsale.transactions.api import router as transactions_router
 from flashsale.web.errors import install_error_handlers
 from flashsale.web.guards import RequestBodyGuard, known_query_parameters
 from flashsale.web.middleware import HeadAsGet, RequestContextMiddleware
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products_router)
     app.include_router(orders_router)
     app.include_router(settlement_router)
+    app.include_router(transactions_router)
     app.include_router(console_router)
     metrics.export_refusals_from_zero(refusal_reasons())
     if settings.cors_origins:
@@ -101,7 +104,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
     app.add_middleware(PlaceOrderEndpoint, api=app)
-    app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestBodyGuard,
+        max_bytes=settings.max_body_bytes,
+        rules={IMPORT_PATH: import_body_rule(settings.import_max_bytes)},
+    )
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     api_key: SecretStr | None = None
     max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 64 * 1024
+    # `POST /transactions/import`'s own limit (counted as the body streams in)
+    import_max_bytes: Annotated[int, Field(ge=1024, le=2**40)] = 2**30
 
     # Database: DATABASE_URL, else DB_* when DB_HOST is set, else embedded under DATA_DIR
     database_url: str | None = None

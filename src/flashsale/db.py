@@ -210,9 +210,10 @@ class Database:
     requests get connections in arrival order and the pool itself never has waiters.
     """
 
-    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, size: int, url: str) -> None:
         self.pool = pool
         self.size = size
+        self.url = url
         self._gate = asyncio.Semaphore(size)
         # Whether the last unit of work reached PostgreSQL (a request, a health check, a scrape):
         # False after an outage error, True again after the next one that gets through.
@@ -244,7 +245,7 @@ class Database:
             },
         )
         assert pool is not None
-        return cls(pool, size)
+        return cls(pool, size, url)
 
     @contextlib.asynccontextmanager
     async def connection(
@@ -279,6 +280,29 @@ class Database:
             raise DatabaseTimeout() from exc
         finally:
             self._gate.release()
+
+    @contextlib.asynccontextmanager
+    async def dedicated_connection(self, *, name: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own, outside the pool, without the request statement timeout:
+        for long work (a bulk import streaming for minutes) that must never keep requests
+        waiting for a pooled connection. Outages become 503s, as in `connection`."""
+        try:
+            conn = await asyncpg.connect(
+                self.url, timeout=ACQUIRE_TIMEOUT_S, server_settings={"application_name": name}
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("db.unavailable", error=repr(exc))
+            raise DatabaseUnavailable() from exc
+        try:
+            yield conn
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("db.unavailable", error=repr(exc))
+            raise DatabaseUnavailable() from exc
+        finally:
+            try:
+                await conn.close(timeout=2)
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):  # type: ignore[misc]
+                conn.terminate()
 
     async def ping(self, *, within_s: float = 2.0) -> bool:
         """True when a connection can be had and answers `SELECT 1` within `within_s`."""

@@ -6,8 +6,9 @@ The lifespan (`app.py`) builds one `AppState` and stores it on the app; routes n
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,6 +21,7 @@ from flashsale.errors import Unauthorized
 from flashsale.orders.placement import OrderPlacement
 from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import JobRuntime
+from flashsale.transactions.importing import MAX_CONCURRENT_IMPORTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,10 @@ class AppState:
     jobs: JobRuntime
     job_events: JobEvents
     started_at: float  # time.monotonic() when the process started serving
+    # Bulk imports running in this process (each on a connection of its own)
+    imports: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_IMPORTS)
+    )
 
 
 def set_state(app: Starlette, state: AppState) -> None:

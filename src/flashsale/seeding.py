@@ -26,7 +26,8 @@ STATUSES: tuple[tuple[bytes, float], ...] = (
     (b"REFUNDED", 0.03),
 )
 CHUNK_ROWS = 200_000
-COLUMNS = ("merchant_id", "amount_cents", "fee_cents", "status", "paid_at")
+COLUMNS = ("external_id", "merchant_id", "amount_cents", "fee_cents", "status", "paid_at")
+EXTERNAL_ID_DIGITS = 12
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -57,11 +58,24 @@ def _microseconds_since_pg_epoch(day: date) -> int:
     return (moment - _PG_EPOCH) // timedelta(microseconds=1)
 
 
-def _row_dtype(merchant_width: int, status_width: int) -> np.dtype[np.void]:
+def external_ids(seed: int, first_number: int, count: int) -> np.ndarray:
+    """`seed-<seed>-<number>` for `count` consecutive numbers, as fixed-width bytes, built
+    without a Python string per row."""
+    prefix = np.frombuffer(f"seed-{seed}-".encode(), dtype=np.uint8)
+    numbers = np.arange(first_number, first_number + count, dtype=np.int64)
+    powers = 10 ** np.arange(EXTERNAL_ID_DIGITS - 1, -1, -1, dtype=np.int64)
+    text = np.empty((count, prefix.size + EXTERNAL_ID_DIGITS), dtype=np.uint8)
+    text[:, : prefix.size] = prefix
+    text[:, prefix.size :] = numbers[:, None] // powers % 10 + ord("0")
+    return text.view(f"S{text.shape[1]}").ravel()
+
+
+def _row_dtype(external_width: int, merchant_width: int, status_width: int) -> np.dtype[np.void]:
     """One binary COPY tuple: field count, then (length, value) per column, big-endian."""
     return np.dtype(
         [
             ("fields", ">i2"),
+            ("external_len", ">i4"), ("external", f"S{external_width}"),
             ("merchant_len", ">i4"), ("merchant", f"S{merchant_width}"),
             ("amount_len", ">i4"), ("amount", ">i8"),
             ("fee_len", ">i4"), ("fee", ">i8"),
@@ -71,8 +85,11 @@ def _row_dtype(merchant_width: int, status_width: int) -> np.dtype[np.void]:
     )  # fmt: skip
 
 
-def transaction_copy_chunks(spec: TransactionSpec) -> Iterator[tuple[bytes, int]]:
-    """Yield (binary COPY bytes, row count) chunks; header first, trailer last."""
+def transaction_copy_chunks(
+    spec: TransactionSpec, *, first_number: int = 1
+) -> Iterator[tuple[bytes, int]]:
+    """Yield (binary COPY bytes, row count) chunks; header first, trailer last. Row i (from 0)
+    gets the external id `seed-<seed>-<first_number + i>` (12 digits)."""
     rng = np.random.default_rng(spec.seed)
     names = np.array([name.encode() for name in merchant_ids(spec.merchants)])
     start_us = _microseconds_since_pg_epoch(spec.first_day)
@@ -85,8 +102,11 @@ def transaction_copy_chunks(spec: TransactionSpec) -> Iterator[tuple[bytes, int]
     # contiguous pages and the index is built by appends (faster than in random order), and
     # index-only scans of a range touch a few visibility-map pages, not all of them.
     chunks = -(-spec.count // CHUNK_ROWS)
+    number = first_number
     for chunk in range(chunks):
         size = spec.count // chunks + (chunk < spec.count % chunks)
+        external = external_ids(spec.seed, number, size)
+        number += size
         low = start_us + (end_us - start_us) * chunk // chunks
         high = start_us + (end_us - start_us) * (chunk + 1) // chunks
         merchant = names[rng.integers(0, spec.merchants, size)]
@@ -97,8 +117,10 @@ def transaction_copy_chunks(spec: TransactionSpec) -> Iterator[tuple[bytes, int]
         # Text columns have a fixed width per status, so each status is one fixed-size dtype.
         for index, label in enumerate(labels):
             mask = status == index
-            rows = np.empty(int(mask.sum()), dtype=_row_dtype(names.itemsize, len(label)))
+            row_type = _row_dtype(external.itemsize, names.itemsize, len(label))
+            rows = np.empty(int(mask.sum()), dtype=row_type)
             rows["fields"] = len(COLUMNS)
+            rows["external_len"], rows["external"] = external.itemsize, external[mask]
             rows["merchant_len"], rows["merchant"] = names.itemsize, merchant[mask]
             rows["amount_len"], rows["amount"] = 8, amount[mask]
             rows["fee_len"], rows["fee"] = 8, fee_cents(amount[mask])
@@ -116,20 +138,26 @@ async def copy_transactions(
     replace: bool = False,
     on_progress: Callable[[int], object] = lambda rows: None,
 ) -> None:
-    """Load the spec's rows, after the existing ones, or instead of them (`replace`)."""
+    """Load the spec's rows, after the existing ones, or instead of them (`replace`). Appended
+    rows' external ids are numbered after the highest row id, so they are new too."""
 
-    async def source() -> AsyncIterator[bytes]:
-        for data, rows in transaction_copy_chunks(spec):
+    async def source(first_number: int) -> AsyncIterator[bytes]:
+        for data, rows in transaction_copy_chunks(spec, first_number=first_number):
             yield data
             on_progress(rows)
 
     async with conn.transaction():
         if replace:
             await conn.execute("TRUNCATE transactions")
+        last_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM transactions")
         # FREEZE (allowed right after a TRUNCATE in the same transaction) writes the rows already
         # frozen and all-visible: no vacuum pass needed before index-only scans can skip the heap.
         await conn.copy_to_table(
-            "transactions", source=source(), columns=COLUMNS, format="binary", freeze=replace
+            "transactions",
+            source=source(last_id + 1),
+            columns=COLUMNS,
+            format="binary",
+            freeze=replace,
         )
     await conn.execute("ANALYZE transactions")
 

@@ -39,8 +39,8 @@ async def add_transaction(
     status: str = "COMPLETED",
 ) -> None:
     await pool.execute(
-        "INSERT INTO transactions (merchant_id, amount_cents, fee_cents, status, paid_at) "
-        "VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO transactions (external_id, merchant_id, amount_cents, fee_cents, status, "
+        "paid_at) VALUES ('test-' || gen_random_uuid(), $1, $2, $3, $4, $5)",
         merchant_id,
         amount_cents,
         fee_cents,

@@ -5,9 +5,13 @@ so the hot path pays almost nothing:
 - a body must be declared as JSON (415 UNSUPPORTED_MEDIA_TYPE otherwise);
 - a body may be at most `max_bytes`: a larger Content-Length is refused before reading, and a
   streamed (chunked) body is counted as it arrives, so neither can push past the limit (413).
+A route that takes another kind of body (the bulk import) has a `BodyRule` of its own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 from fastapi.dependencies.models import Dependant
@@ -20,15 +24,40 @@ from flashsale.web.errors import respond
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
+def media_type(content_type: bytes | str) -> str:
+    """The media type of a Content-Type value, lowercase, without parameters."""
+    text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    return text.split(";", 1)[0].strip().lower()
+
+
 def _is_json(content_type: bytes) -> bool:
-    media_type = content_type.split(b";", 1)[0].strip().lower()
-    return media_type == b"application/json" or media_type.endswith(b"+json")
+    kind = media_type(content_type)
+    return kind == "application/json" or kind.endswith("+json")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRule:
+    """The bodies one path takes instead of JSON of at most MAX_BODY_BYTES."""
+
+    max_bytes: int
+    media_types: frozenset[str]
+
+    def accepts(self, content_type: bytes) -> bool:
+        return media_type(content_type) in self.media_types
+
+    def refusal(self) -> UnsupportedMediaType:
+        return UnsupportedMediaType(
+            f"The request body must be one of: {', '.join(sorted(self.media_types))}"
+        )
 
 
 class RequestBodyGuard:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, rules: Mapping[str, BodyRule] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.rules = dict(rules or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _METHODS_WITH_BODY:
@@ -36,28 +65,33 @@ class RequestBodyGuard:
             return
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
+        rule = self.rules.get(scope["path"])
+        max_bytes = rule.max_bytes if rule else self.max_bytes
         if length is None and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body
             return
         if length is not None and not length.strip().isdigit():
             await respond(scope, ValidationFailed("Invalid Content-Length"))(scope, receive, send)
             return
-        if length is not None and int(length) > self.max_bytes:
+        if length is not None and int(length) > max_bytes:
             await respond(scope, PayloadTooLarge())(scope, receive, send)
             return
-        if length != b"0" and not _is_json(headers.get(b"content-type", b"")):
-            await respond(scope, UnsupportedMediaType())(scope, receive, send)
+        content_type = headers.get(b"content-type", b"")
+        if length != b"0" and not (rule.accepts(content_type) if rule else _is_json(content_type)):
+            refusal = rule.refusal() if rule else UnsupportedMediaType()
+            await respond(scope, refusal)(scope, receive, send)
             return
-        await self.app(scope, self._counting(receive), send)
+        await self.app(scope, self._counting(receive, max_bytes), send)
 
-    def _counting(self, receive: Receive) -> Receive:
+    @staticmethod
+    def _counting(receive: Receive, max_bytes: int) -> Receive:
         received = 0
 
         async def receive_within_limit() -> Message:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > max_bytes:
                 # An HTTPException passes through FastAPI's body parsing (anything else becomes
                 # a 400 there); the handler renders it as PAYLOAD_TOO_LARGE.
                 raise HTTPException(PayloadTooLarge.status_code)
