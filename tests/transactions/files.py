@@ -18,7 +18,7 @@ def rows(count: int, *, first: int = 1, prefix: str = "ext") -> list[list[str]]:
     out = []
     for n in range(first, first + count):
         amount = 100 + n * 7 % 49_900
-        paid_at = START + timedelta(seconds=n * 13 % (31 * 86400))
+        paid_at = START + timedelta(seconds=n * 7919 % (31 * 86400))
         out.append(
             [f"{prefix}-{n}", f"merchant_{n % 9:02d}", str(amount), str(amount * 29 // 1000 + 30),
              statuses[n % len(statuses)], paid_at.strftime("%Y-%m-%dT%H:%M:%SZ")]
