@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+import pytest
 from alembic.script import ScriptDirectory
 
 from flashsale import migrations
@@ -84,5 +85,40 @@ async def test_a_database_stamped_with_a_renamed_revision_id_upgrades(admin_url:
         finally:
             await conn.close()
         assert await _tables(url) >= EXPECTED_TABLES
+    finally:
+        await drop_database(admin_url, url)
+
+
+async def test_transactions_stored_before_external_ids_get_one_and_stay_valid(
+    admin_url: str,
+) -> None:
+    url = await create_database(admin_url, prefix="flashsale_external_ids")
+    try:
+        migrations.upgrade(url, "0006")
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO transactions (merchant_id, amount_cents, fee_cents, status, paid_at) "
+                "SELECT 'merchant_' || i, 1000, 59, 'COMPLETED', now() "
+                "FROM generate_series(1, 3) AS i"
+            )
+            migrations.upgrade(url)
+            stored = await conn.fetch("SELECT id, external_id FROM transactions ORDER BY id")
+            assert [row["external_id"] for row in stored] == [
+                f"legacy-{row['id']}" for row in stored
+            ]
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute(
+                    "INSERT INTO transactions (external_id, merchant_id, amount_cents, "
+                    "fee_cents, status, paid_at) VALUES ('legacy-1', 'm', 1, 0, 'PENDING', now())"
+                )
+            for bad in ("'has space', 'm', 1, 0", "'x', 'm', 1, 2", "'y', E'm\\u200b', 1, 0"):
+                with pytest.raises(asyncpg.CheckViolationError):
+                    await conn.execute(
+                        "INSERT INTO transactions (external_id, merchant_id, amount_cents, "
+                        f"fee_cents, status, paid_at) VALUES ({bad}, 'PENDING', now())"
+                    )
+        finally:
+            await conn.close()
     finally:
         await drop_database(admin_url, url)
