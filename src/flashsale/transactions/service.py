@@ -84,7 +84,7 @@ async def list_transactions(
     conn: Connection, *, query: TransactionQuery
 ) -> tuple[list[Transaction], TransactionKey | None]:
     """A page in (paid_at, id) order after the cursor, and the key to continue from (None on
-    the last page): keyset paging on `ix_transactions_paid_at_id`, or on the merchant's index."""
+    the last page): keyset paging on `ix_transactions_paid_at_id` (other filters skip rows)."""
     where = Where()
     if query.cursor is not None:
         where.add("(paid_at, id) > ({}, {})", query.cursor.paid_at, query.cursor.id)

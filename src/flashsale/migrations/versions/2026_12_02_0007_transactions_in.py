@@ -11,7 +11,9 @@ Create Date: 2026-12-02
   INSERT can store what the API refuses: merchant ids of 1-64 printable characters
   (`flashsale_printable`, built from the API's own table), `fee_cents <= amount_cents`, amounts
   within BIGINT (the type) and non-negative (0001), `paid_at` within 1970-9999 UTC.
-- Indexes for `GET /transactions`: in (paid_at, id) order, and per merchant in that order.
+- An index for `GET /transactions`' (paid_at, id) order. Not one per merchant: measured on 1M
+  rows, a (merchant_id, paid_at) index adds about 4 s to loading them (random insertion) where
+  this one adds about 1 s; a merchant filter reads this index in order and skips the others.
 """
 
 from __future__ import annotations
@@ -44,8 +46,6 @@ def upgrade() -> None:
                 CHECK (paid_at >= '1970-01-01T00:00:00Z' AND paid_at < '10000-01-01T00:00:00Z');
         CREATE UNIQUE INDEX ux_transactions_external_id ON transactions (external_id);
         CREATE INDEX ix_transactions_paid_at_id ON transactions (paid_at, id);
-        CREATE INDEX ix_transactions_merchant_id_paid_at_id
-            ON transactions (merchant_id, paid_at, id);
         """
     )
 
@@ -53,8 +53,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(
         """
-        DROP INDEX ix_transactions_merchant_id_paid_at_id, ix_transactions_paid_at_id,
-            ux_transactions_external_id;
+        DROP INDEX ix_transactions_paid_at_id, ux_transactions_external_id;
         ALTER TABLE transactions
             DROP CONSTRAINT ck_transactions_paid_at_years,
             DROP CONSTRAINT ck_transactions_fee_within_amount,
