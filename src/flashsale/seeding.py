@@ -136,10 +136,12 @@ async def copy_transactions(
     spec: TransactionSpec,
     *,
     replace: bool = False,
+    analyze: bool = True,
     on_progress: Callable[[int], object] = lambda rows: None,
 ) -> None:
-    """Load the spec's rows, after the existing ones, or instead of them (`replace`). Appended
-    rows' external ids are numbered after the highest row id, so they are new too."""
+    """Load the spec's rows, after the existing ones, or instead of them (`replace`), then
+    ANALYZE the table (unless not `analyze`). Appended rows' external ids are numbered after
+    the highest row id, so they are new too."""
 
     async def source(first_number: int) -> AsyncIterator[bytes]:
         for data, rows in transaction_copy_chunks(spec, first_number=first_number):
@@ -159,7 +161,8 @@ async def copy_transactions(
             format="binary",
             freeze=replace,
         )
-    await conn.execute("ANALYZE transactions")
+    if analyze:
+        await conn.execute("ANALYZE transactions")
 
 
 async def create_demo_products(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -162,3 +164,49 @@ def bench_job_events(*, rows: int, merchants: int, runs: int, streams: int) -> N
 
     with processes.database(processes.settings()) as url:
         job_events.run(url, rows=rows, merchants=merchants, runs=runs, streams=streams)
+
+
+@bench.command("import")
+@click.option(
+    "--rows",
+    default="1000000",
+    show_default=True,
+    callback=_int_list,
+    help="Rows per import to try, comma-separated (e.g. 1000000,10000000)",
+)
+@click.option("--existing", default=2_000_000, show_default=True, type=click.IntRange(0, 10**9),
+              help="Transactions already in the table of every run")  # fmt: skip
+@click.option("--merchants", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--formats",
+    default="csv,ndjson",
+    show_default=True,
+    type=click.Choice(["csv", "ndjson", "csv,ndjson"]),
+    help="Body formats to import",
+)
+@click.option("--connections", default=64, show_default=True, type=click.IntRange(1, 10_000),
+              help="wrk connections for POST /transactions")  # fmt: skip
+@click.option("--seconds", default=10, show_default=True, type=click.IntRange(1, 3600),
+              help="Duration of each wrk run (after a 2 s warm-up)")  # fmt: skip
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="WEB_CONCURRENCY of the server")  # fmt: skip
+@click.option("--explain", is_flag=True, help="EXPLAIN (ANALYZE, BUFFERS) of the import's INSERT")
+@click.option("--profile", is_flag=True, help="py-spy profile of the server during an import")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the exported files go (default: the temporary directory)")  # fmt: skip
+def bench_import(
+    *, rows: list[int], existing: int, merchants: int, formats: str, connections: int,
+    seconds: int, workers: int, explain: bool, profile: bool, work_dir: Path | None,
+) -> None:  # fmt: skip
+    """Bulk import over HTTP vs the seeder's binary COPY of the same rows (time, WAL, server
+    RSS); POST /transactions rate and p99 vs the HTTP ceiling (wrk)."""
+    from flashsale import processes
+    from flashsale.bench import imports
+
+    options = imports.Options(
+        existing=existing, merchants=merchants, formats=formats.split(","),
+        connections=connections, seconds=seconds, web_concurrency=workers, explain=explain,
+        profile=profile,
+    )  # fmt: skip
+    with processes.database(processes.settings()) as url:
+        imports.run(url, rows=rows, options=options, work_dir=work_dir)
