@@ -439,6 +439,7 @@ def _one_at_a_time(
     result.ceiling = _wrk(server, CEILING_PATH, options.connections, options.seconds)
     print(f"    HTTP ceiling (numbered POSTs, 404): {result.ceiling.summary()}")
     _wrk(server, "/transactions", options.connections, WARMUP_S)
+    time.sleep(1)  # the warm-up's requests still in flight when wrk stopped complete meanwhile
     last_id = asyncio.run(_last_id(url))
     single = _wrk(server, "/transactions", options.connections, options.seconds)
     result.single = single

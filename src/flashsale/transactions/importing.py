@@ -7,9 +7,9 @@
    its text is well formed (else NULL, which the NOT NULL columns refuse) and leaves every other
    rule to the table's CHECKs, so a valid file costs one pass with no per-row check of ours.
 3. If that INSERT fails, the savepoint before it is rolled back and diagnostic queries list the
-   first invalid lines; if it inserted fewer rows than were staged, some external_ids were
-   there already (or twice in the file): reported, or skipped when `on_duplicate=skip` and the
-   values are the same. Any error rolls everything back: nothing is ever half-imported.
+   first invalid lines; if it met an external_id stored already (or twice in the file), that
+   is reported, or with `on_duplicate=skip` a second INSERT ... ON CONFLICT DO NOTHING skips
+   the stored ones whose values are the same (a file with duplicates is read twice, then). Any error rolls everything back: nothing is ever half-imported.
 
 The unique index on external_id is what makes racing imports safe: an INSERT that meets a row
 another import has not committed yet waits for that commit, then sees the duplicate.
@@ -283,15 +283,22 @@ _WELL_FORMED_PAID_AT = (
     "AND substr(paid_at, 12, 2) < '24' AND substr(paid_at, 18, 2) < '60'"
 )
 
-INSERT_SQL = f"""
-WITH inserted AS (
-    INSERT INTO transactions ({", ".join(FIELDS)})
+_COLUMN_LIST = ", ".join(FIELDS)
+_SELECT_STAGED = f"""
     SELECT external_id, merchant_id,
            CASE WHEN {_well_formed_cents("amount_cents")} THEN amount_cents::bigint END,
            CASE WHEN {_well_formed_cents("fee_cents")} THEN fee_cents::bigint END,
            status,
            CASE WHEN {_WELL_FORMED_PAID_AT} THEN paid_at::timestamptz END
     FROM {STAGING}
+"""
+# The first try: a plain INSERT, which a valid file of new ids passes at full speed (ON CONFLICT
+# would make every row a speculative insertion). A stored or repeated id stops it.
+INSERT_SQL = f"INSERT INTO transactions ({', '.join(FIELDS)}) {_SELECT_STAGED}"
+# After such a stop, with on_duplicate=skip: the rows whose ids are new; their count.
+_INSERT_NEW = f"""
+WITH inserted AS (
+    INSERT INTO transactions ({_COLUMN_LIST}) {_SELECT_STAGED}
     ON CONFLICT (external_id) DO NOTHING
     RETURNING 1
 )
@@ -451,13 +458,16 @@ async def import_transactions(
             if errors.total:  # some NDJSON lines were invalid already: diagnose the rest too
                 raise asyncpg.DataError("invalid lines")
             async with conn.transaction():  # a savepoint
-                inserted = int(await conn.fetchval(INSERT_SQL))
-                if inserted < staged:
+                try:
+                    async with conn.transaction():  # the first try's own
+                        inserted = int((await conn.execute(INSERT_SQL)).split()[-1])
+                except asyncpg.UniqueViolationError:
                     on_phase("checking duplicates")
                     if (repeated := await _repeated_in_file(conn)) is not None:
-                        raise repeated
+                        raise repeated from None
                     if on_duplicate == "fail":
-                        raise _Duplicates()
+                        raise _Duplicates() from None
+                    inserted = int(await conn.fetchval(_INSERT_NEW))
                     rows = await conn.fetch(_STORED_OTHERWISE)
                     if rows:
                         raise ImportConflict(
@@ -468,7 +478,7 @@ async def import_transactions(
                                  "fields": row["fields"]}
                                 for row in rows
                             ],
-                        )  # fmt: skip
+                        ) from None  # fmt: skip
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             on_phase("checking")
             found, total = await _diagnose(conn)
