@@ -5,11 +5,12 @@
    body line by line through a JSON parser, re-encoded as CSV. Nothing holds the whole body.
 2. One INSERT ... SELECT moves the staged rows into `transactions`. It casts a value only when
    its text is well formed (else NULL, which the NOT NULL columns refuse) and leaves every other
-   rule to the table's CHECKs, so a valid file costs one pass with no per-row check of ours.
+   rule to the table's CHECKs, so a valid file costs one pass with few per-row checks of ours.
 3. If that INSERT fails, the savepoint before it is rolled back and diagnostic queries list the
    first invalid lines; if it met an external_id stored already (or twice in the file), that
    is reported, or with `on_duplicate=skip` a second INSERT ... ON CONFLICT DO NOTHING skips
-   the stored ones whose values are the same (a file with duplicates is read twice, then). Any error rolls everything back: nothing is ever half-imported.
+   the stored ones whose values are the same (a file with duplicates is read twice, then).
+   Any error rolls everything back: nothing is ever half-imported.
 
 The unique index on external_id is what makes racing imports safe: an INSERT that meets a row
 another import has not committed yet waits for that commit, then sees the duplicate.
