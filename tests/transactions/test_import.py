@@ -265,6 +265,21 @@ async def test_an_external_id_twice_in_one_file_is_an_error_in_either_mode(
     assert await _count(pool) == 0
 
 
+async def test_invalid_lines_after_a_duplicate_are_still_what_is_reported(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    assert (await _import(client, csv_body(rows(10)))).status_code == 201
+    lines = rows(20)  # lines 2-11 are stored already
+    lines[15][4] = "DONE"  # line 17
+
+    for mode in ("fail", "skip"):
+        response = await _import(client, csv_body(lines), on_duplicate=mode)
+
+        assert response.status_code == 400, response.text
+        assert _errors(response) == [(17, "status")]
+    assert await _count(pool) == 10
+
+
 async def test_skip_still_refuses_an_external_id_stored_with_other_values(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:

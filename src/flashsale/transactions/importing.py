@@ -295,7 +295,7 @@ _SELECT_STAGED = f"""
 """
 # The first try: a plain INSERT, which a valid file of new ids passes at full speed (ON CONFLICT
 # would make every row a speculative insertion). A stored or repeated id stops it.
-INSERT_SQL = f"INSERT INTO transactions ({', '.join(FIELDS)}) {_SELECT_STAGED}"
+INSERT_SQL = f"INSERT INTO transactions ({_COLUMN_LIST}) {_SELECT_STAGED}"
 # After such a stop, with on_duplicate=skip: the rows whose ids are new; their count.
 _INSERT_NEW = f"""
 WITH inserted AS (
@@ -463,6 +463,11 @@ async def import_transactions(
                     async with conn.transaction():  # the first try's own
                         inserted = int((await conn.execute(INSERT_SQL)).split()[-1])
                 except asyncpg.UniqueViolationError:
+                    # It stopped at the first duplicate: invalid lines after it still come first.
+                    on_phase("checking")
+                    found, total = await _diagnose(conn)
+                    if found:
+                        raise _invalid(found, total) from None
                     on_phase("checking duplicates")
                     if (repeated := await _repeated_in_file(conn)) is not None:
                         raise repeated from None
