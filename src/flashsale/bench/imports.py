@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -43,12 +44,11 @@ import httpx
 from flashsale import migrations, seeding
 from flashsale.bench import harness, wrk
 from flashsale.bench.loadgen import LoadResult
+from flashsale.bench.orders import CEILING_PATH, WARMUP_S
 from flashsale.transactions import importing
 from flashsale.transactions.schemas import FIELDS
 
 FIRST_DAY, LAST_DAY = date(2025, 1, 1), date(2025, 1, 31)
-CEILING_PATH = "/bench-no-such-route"
-WARMUP_S = 2.0
 TARGET_X_BASELINE = 2.0
 TARGET_RSS_GROWTH_MB = 50.0
 RSS_SAMPLE_S = 0.05
@@ -126,8 +126,28 @@ async def _wal_lsn(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT pg_current_wal_lsn()"))
 
 
-async def _wal_since(conn: asyncpg.Connection, lsn: int) -> int:
-    return await _wal_lsn(conn) - lsn
+async def _row(url: str, sql: str, *args: object) -> tuple[Any, ...]:
+    """One row of `sql` on a connection of its own (the checks between the runs)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return tuple(await conn.fetchrow(sql, *args) or ())
+    finally:
+        await conn.close()
+
+
+def _value(url: str, sql: str, *args: object) -> int:
+    return int(asyncio.run(_row(url, sql, *args))[0])
+
+
+async def _checkpointed_lsn(url: str) -> int:
+    """The WAL position right after a CHECKPOINT (every load starts with the same full-page
+    writes ahead of it)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CHECKPOINT")
+        return await _wal_lsn(conn)
+    finally:
+        await conn.close()
 
 
 async def _prepare_base(url: str, options: Options) -> None:
@@ -162,14 +182,13 @@ async def _baseline(url: str, rows: int, options: Options, files: dict[str, Path
     (the baseline), its ANALYZE timed apart; then those rows exported to `files` (one per
     format) for the imports."""
     spec = seeding.TransactionSpec(rows, options.merchants, FIRST_DAY, LAST_DAY, seed=2)
+    lsn = await _checkpointed_lsn(url)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("CHECKPOINT")
-        lsn = await _wal_lsn(conn)
         started = time.perf_counter()
         await seeding.copy_transactions(conn, spec, analyze=False)
-        load = Load("flashsale seed's binary COPY", time.perf_counter() - started, 0)
-        load.wal_bytes = await _wal_since(conn, lsn)
+        seconds = time.perf_counter() - started
+        load = Load("flashsale seed's binary COPY", seconds, await _wal_lsn(conn) - lsn)
         started = time.perf_counter()
         await conn.execute("ANALYZE transactions")
         print(f"  (flashsale seed's ANALYZE after it: {time.perf_counter() - started:.2f} s, "
@@ -185,36 +204,21 @@ async def _baseline(url: str, rows: int, options: Options, files: dict[str, Path
         await conn.close()
 
 
-async def _fingerprint(url: str, after_id: int) -> tuple[object, ...]:
-    conn = await asyncpg.connect(url)
-    try:
-        return tuple(await conn.fetchrow(_FINGERPRINT, after_id) or ())
-    finally:
-        await conn.close()
-
-
 async def _explain_insert(url: str, path: Path) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the import's INSERT over the staged CSV file, rolled back."""
     conn = await asyncpg.connect(url)
+    transaction = conn.transaction()
+    await transaction.start()
     try:
-        async with conn.transaction():
-            await conn.execute(importing.CREATE_STAGING_SQL)
-            await conn.copy_to_table(
-                importing.STAGING, source=path, columns=FIELDS, format="csv",
-                header=True,
-            )  # fmt: skip
-            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {importing.INSERT_SQL}")
-            lines = [row[0] for row in rows]
-            raise _Rollback(lines)
-    except _Rollback as rollback:
-        return rollback.lines
+        await conn.execute(importing.CREATE_STAGING_SQL)
+        await conn.copy_to_table(
+            importing.STAGING, source=path, columns=FIELDS, format="csv", header=True
+        )
+        rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {importing.INSERT_SQL}")
+        return [row[0] for row in rows]
     finally:
+        await transaction.rollback()
         await conn.close()
-
-
-class _Rollback(Exception):
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
 
 
 # --- the server side ----------------------------------------------------------------------------
@@ -373,7 +377,7 @@ def _one_size(admin_url: str, base: str, count: int, options: Options, tmp: Path
     files = {form: tmp / f"transactions-{count}.{form}" for form in options.formats}
     with _cloned(admin_url, base, "flashsale_bench_seed") as url:
         baseline = asyncio.run(_baseline(url, count, options, files))
-        expected = asyncio.run(_fingerprint(url, options.existing))
+        expected = asyncio.run(_row(url, _FINGERPRINT, options.existing))
     result = SizeResult(count, baseline)
     _print_load(baseline, count, baseline)
     env = {
@@ -385,12 +389,12 @@ def _one_size(admin_url: str, base: str, count: int, options: Options, tmp: Path
         last = number == len(files) - 1
         with _cloned(admin_url, base, f"flashsale_bench_{form}") as url, \
                 harness.running_server(url, env) as server:  # fmt: skip
-            conn_lsn = asyncio.run(_lsn_of(url))
+            lsn = asyncio.run(_checkpointed_lsn(url))
             load = _import(server, path, form, options.profile and number == 0)
-            load.wal_bytes = asyncio.run(_wal_of(url, conn_lsn))
+            load.wal_bytes = _value(url, "SELECT pg_current_wal_lsn()") - lsn
             result.imports.append(load)
             _print_load(load, count, baseline)
-            got = asyncio.run(_fingerprint(url, options.existing))
+            got = asyncio.run(_row(url, _FINGERPRINT, options.existing))
             if got != expected:
                 result.problems.append(f"{form} import: {got} != the baseline's {expected}")
             print(f"    rows and sums as the baseline's: {'ok' if got == expected else 'NO'}")
@@ -405,31 +409,6 @@ def _one_size(admin_url: str, base: str, count: int, options: Options, tmp: Path
     return result
 
 
-async def _lsn_of(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("CHECKPOINT")
-        return await _wal_lsn(conn)
-    finally:
-        await conn.close()
-
-
-async def _wal_of(url: str, lsn: int) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return await _wal_since(conn, lsn)
-    finally:
-        await conn.close()
-
-
-async def _count_after(url: str, after_id: int) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM transactions WHERE id > $1", after_id))
-    finally:
-        await conn.close()
-
-
 def _one_at_a_time(
     server: harness.LiveServer, url: str, result: SizeResult, options: Options
 ) -> None:
@@ -440,10 +419,10 @@ def _one_at_a_time(
     print(f"    HTTP ceiling (numbered POSTs, 404): {result.ceiling.summary()}")
     _wrk(server, "/transactions", options.connections, WARMUP_S)
     time.sleep(1)  # the warm-up's requests still in flight when wrk stopped complete meanwhile
-    last_id = asyncio.run(_last_id(url))
+    last_id = _value(url, "SELECT coalesce(max(id), 0) FROM transactions")
     single = _wrk(server, "/transactions", options.connections, options.seconds)
     result.single = single
-    stored = asyncio.run(_count_after(url, last_id))
+    stored = _value(url, "SELECT count(*) FROM transactions WHERE id > $1", last_id)
     print(f"    POST /transactions:                  {single.summary()}")
     # wrk does not count the requests in flight when it stops (at most one per connection).
     in_range = single.ok <= stored <= single.ok + options.connections
@@ -452,14 +431,6 @@ def _one_at_a_time(
           f"for {single.ok:,} 201s ({check})")  # fmt: skip
     if not in_range or single.non_2xx or single.socket_errors.total:
         result.problems.append(f"POST /transactions: {stored} rows for {single.summary()}")
-
-
-async def _last_id(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM transactions"))
-    finally:
-        await conn.close()
 
 
 def _print_load(load: Load, rows: int, baseline: Load) -> None:
