@@ -33,7 +33,10 @@ def test_placing_an_order_documents_every_refusal_under_its_status() -> None:
     }
     for error in refusals:
         assert error.code in responses[str(error.status_code)]["description"], error.code
-    assert set(responses) == {"201", "400", "404", "409", "413", "415", "422", "503"}
+    assert set(responses) == {"201", "400", "401", "403", "404", "409", "413", "415", "422", "503"}
+    assert "UNAUTHENTICATED" in responses["401"]["description"]
+    assert "BUYER_MISMATCH" in responses["403"]["description"]
+    assert "AUTH_UNAVAILABLE" in responses["503"]["description"]
 
 
 def test_admin_routes_document_the_api_key_and_their_own_errors() -> None:
@@ -61,7 +64,7 @@ def test_shop_rules_are_documented() -> None:
     assert "cancelled_at" in schemas["Order"]["properties"]
     assert {"200", "400", "401", "404"} <= set(cancel["responses"])
     assert "ORDER_NOT_FOUND" in cancel["responses"]["404"]["description"]
-    assert cancel["security"] == [{"HTTPBearer": []}]
+    assert cancel["security"] == [{"operatorKey": []}]
     status = next(p for p in spec["paths"]["/orders"]["get"]["parameters"] if p["name"] == "status")
     assert "CANCELLED" in str(status["schema"])
     assert "Retry-After" in spec["paths"]["/orders"]["post"]["description"]

@@ -13,6 +13,9 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from flashsale import __version__, db, health
+from flashsale.access.buyers import BuyerKeys, BuyerTokens
+from flashsale.access.control import Access
+from flashsale.access.operators import OperatorKeys
 from flashsale.config import Settings, load_settings
 from flashsale.console.api import router as console_router
 from flashsale.deps import AppState, set_state
@@ -32,6 +35,7 @@ from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import job_runtime
 from flashsale.transactions.api import IMPORT_PATH, import_body_rule
 from flashsale.transactions.api import router as transactions_router
+from flashsale.web.docs import install_docs
 from flashsale.web.errors import install_error_handlers
 from flashsale.web.guards import RequestBodyGuard, known_query_parameters
 from flashsale.web.middleware import HeadAsGet, RequestContextMiddleware
@@ -53,6 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sold_out = SoldOut(max_age_s=settings.sold_out_cache_s)
         orders = new_order_placement(settings, database, sold_out)
         job_events = JobEvents(database, max_streams=settings.job_event_streams_max)
+        buyer_keys = BuyerKeys(settings) if settings.buyer_auth == "jwt" else None
+        buyers = BuyerTokens(settings, buyer_keys) if buyer_keys else None
+        access = Access(OperatorKeys(settings.operator_keys), buyers)
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes, whose pauses otherwise stall every request in flight under a crowd.
         gc.freeze()
@@ -64,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # With EMBEDDED_WORKER this process runs settlement jobs too (`processes.serve`).
                 job_runtime(settings, url, worker=settings.embedded_worker) as jobs,
                 job_events.listening(url),
+                buyer_keys.kept_current() if buyer_keys else contextlib.nullcontext(),
             ):
-                set_state(app, AppState(settings, database, orders, jobs, job_events, started_at))
+                state = AppState(settings, database, orders, jobs, job_events, access, started_at)
+                set_state(app, state)
                 yield
         finally:
             await orders.close()
@@ -78,9 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Limited-stock orders that never oversell, and merchant settlement jobs.",
         lifespan=lifespan,
         dependencies=[Depends(known_query_parameters)],
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.include_router(products_router)

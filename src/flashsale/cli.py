@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from flashsale.access.cli import dev, keys
 from flashsale.bench.cli import bench
 from flashsale.errors import CommandError
 
@@ -37,6 +38,8 @@ def main() -> None:
 
 
 main.add_command(bench)
+main.add_command(keys)
+main.add_command(dev)
 
 
 @main.command()

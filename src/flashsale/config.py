@@ -7,17 +7,33 @@ seed's `DB_*` variables when `DB_HOST` is set, else an embedded PostgreSQL under
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flashsale.access.operators import LEGACY_KEY_NAME, OperatorKey, digest, parse_api_keys
 from flashsale.errors import CommandError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Public-key signature algorithms a buyer token may use (never `none`, never an HMAC).
+SIGNATURE_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) is this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(CommandError):
@@ -33,7 +49,21 @@ class Settings(BaseSettings):
     # Measured on 2 cores with flash-sale mode on: 2 processes serve 1.35-1.6x what 1 does.
     web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Operators (access/operators.py): named keys with roles; API_KEY is one more admin key.
+    # Off loopback the server refuses to start without a key unless ALLOW_OPEN_ADMIN is set.
     api_key: SecretStr | None = None
+    api_keys: Annotated[tuple[OperatorKey, ...], NoDecode] = ()
+    allow_open_admin: bool = False
+    # Buyers (access/buyers.py): `none` takes buyer_id from the body (the seed's contract);
+    # `jwt` takes it from an access token signed by the shop's identity provider.
+    buyer_auth: Literal["none", "jwt"] = "none"
+    buyer_jwks_url: str | None = None
+    buyer_jwt_public_key_file: Path | None = None
+    buyer_jwt_issuer: str | None = None
+    buyer_jwt_audience: str | None = None
+    buyer_jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("RS256", "ES256", "EdDSA")
+    buyer_jwt_leeway_s: Annotated[int, Field(ge=0, le=300)] = 30
+    buyer_jwks_cache_s: Annotated[int, Field(ge=1, le=86400)] = 300
     max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 64 * 1024
     # `POST /transactions/import`'s own limit (counted as the body streams in)
     import_max_bytes: Annotated[int, Field(ge=1024, le=2**40)] = 2**30
@@ -99,10 +129,86 @@ class Settings(BaseSettings):
             return tuple(origin.strip() for origin in value.split(",") if origin.strip())
         return value
 
-    @field_validator("database_url", "db_host", "api_key", mode="before")
+    @field_validator(
+        "database_url",
+        "db_host",
+        "api_key",
+        "buyer_jwks_url",
+        "buyer_jwt_public_key_file",
+        "buyer_jwt_issuer",
+        "buyer_jwt_audience",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        return parse_api_keys(value) if isinstance(value, str) else value
+
+    @field_validator("buyer_auth", mode="before")
+    @classmethod
+    def _lowercase_mode(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("buyer_jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("buyer_jwt_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        refused = [name for name in value if name not in SIGNATURE_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(
+                f"not a public-key signature algorithm: {', '.join(refused) or '(none given)'}; "
+                f"choose from {', '.join(SIGNATURE_ALGORITHMS)}"
+            )
+        return value
+
+    @field_validator("buyer_jwks_url")
+    @classmethod
+    def _https_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            local = parts.scheme == "http" and is_loopback(parts.hostname or "")
+            if not (parts.scheme == "https" or local) or not parts.hostname:
+                raise ValueError("must be an https:// URL (http:// only on a loopback address)")
+        return value
+
+    @field_validator("buyer_jwt_public_key_file")
+    @classmethod
+    def _readable_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from flashsale.access.buyers import check_key_file  # only when one is configured
+
+            check_key_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _buyer_auth_complete(self) -> Settings:
+        if self.buyer_auth != "jwt":
+            return self
+        if (self.buyer_jwks_url is None) == (self.buyer_jwt_public_key_file is None):
+            raise ValueError(
+                "BUYER_AUTH=jwt needs one of BUYER_JWKS_URL or BUYER_JWT_PUBLIC_KEY_FILE"
+            )
+        if not self.buyer_jwt_issuer or not self.buyer_jwt_audience:
+            raise ValueError("BUYER_AUTH=jwt needs BUYER_JWT_ISSUER and BUYER_JWT_AUDIENCE")
+        return self
+
+    @cached_property
+    def operator_keys(self) -> tuple[OperatorKey, ...]:
+        """API_KEYS, and API_KEY as one more admin key."""
+        if self.api_key is None:
+            return self.api_keys
+        legacy = OperatorKey(LEGACY_KEY_NAME, "admin", digest(self.api_key.get_secret_value()))
+        return (*self.api_keys, legacy)
 
     @field_validator("database_url")
     @classmethod
@@ -132,7 +238,7 @@ class Settings(BaseSettings):
         return None
 
 
-_SECRET_VARIABLES = {"API_KEY", "DB_PASSWORD", "DATABASE_URL"}
+_SECRET_VARIABLES = {"API_KEY", "API_KEYS", "DB_PASSWORD", "DATABASE_URL"}
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -141,7 +247,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        variable = str(first["loc"][0]).upper() if first["loc"] else "configuration"
-        shown = "" if variable in _SECRET_VARIABLES else f" (got {first['input']!r})"
         message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule over several variables: the message names them
+            raise ConfigError(f"invalid configuration: {message}") from None
+        variable = str(first["loc"][0]).upper()
+        shown = "" if variable in _SECRET_VARIABLES else f" (got {first['input']!r})"
         raise ConfigError(f"invalid configuration: {variable}: {message}{shown}") from None

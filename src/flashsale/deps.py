@@ -7,17 +7,15 @@ The lifespan (`app.py`) builds one `AppState` and stores it on the app; routes n
 from __future__ import annotations
 
 import asyncio
-import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.applications import Starlette
 
+from flashsale.access.control import Access
 from flashsale.config import Settings
 from flashsale.db import Database
-from flashsale.errors import Unauthorized
 from flashsale.orders.placement import OrderPlacement
 from flashsale.settlement.events import JobEvents
 from flashsale.settlement.worker import JobRuntime
@@ -33,6 +31,7 @@ class AppState:
     orders: OrderPlacement
     jobs: JobRuntime
     job_events: JobEvents
+    access: Access
     started_at: float  # time.monotonic() when the process started serving
     # Bulk imports running in this process (each on a connection of its own)
     imports: asyncio.Semaphore = field(
@@ -74,21 +73,3 @@ AppSettings = Annotated[Settings, Depends(_settings)]
 Db = Annotated[Database, Depends(_database)]
 Jobs = Annotated[JobRuntime, Depends(_jobs)]
 JobEventHub = Annotated[JobEvents, Depends(_job_events)]
-
-_bearer = HTTPBearer(auto_error=False, description="The API_KEY, when the server sets one")
-
-
-async def require_api_key(
-    settings: AppSettings,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Admin routes need `Authorization: Bearer <API_KEY>` when API_KEY is set (open otherwise)."""
-    if settings.api_key is None:
-        return
-    presented = credentials.credentials if credentials else ""
-    # Constant-time comparison: response timing must not reveal how much of the key matched.
-    if not hmac.compare_digest(presented.encode(), settings.api_key.get_secret_value().encode()):
-        raise Unauthorized()
-
-
-AdminOnly = Depends(require_api_key)

@@ -90,6 +90,9 @@ def serve(settings: Settings) -> None:
     """Run the HTTP API until SIGTERM or SIGINT, then stop gracefully."""
     import uvicorn
 
+    from flashsale.access.exposure import check_exposure
+
+    check_exposure(settings)
     with database(settings, migrate=settings.auto_migrate) as url:
         # Server processes build their own app from the environment: give them this database.
         os.environ["DATABASE_URL"] = url

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,9 +117,19 @@ def test_the_three_dashboards_are_provisioned() -> None:
     )
 
 
-def test_promtool_accepts_the_prometheus_config_and_alert_rules() -> None:
+def test_promtool_accepts_the_prometheus_config_and_alert_rules(tmp_path: Path) -> None:
+    # promtool checks that the scrape key's file exists: compose mounts it as a secret, so the
+    # check runs on a copy that names a stand-in (and the rule file beside it).
+    key_file = tmp_path / "prometheus_key"
+    key_file.write_text("a-viewer-key")
+    config = (DEPLOY / "prometheus.yml").read_text()
+    assert "/run/secrets/prometheus_key" in config
+    (tmp_path / "prometheus.yml").write_text(
+        config.replace("/run/secrets/prometheus_key", str(key_file))
+    )
+    shutil.copy(DEPLOY / "alerts.yml", tmp_path / "alerts.yml")
     for command in (
-        ["check", "config", str(DEPLOY / "prometheus.yml")],  # also checks the rule files
+        ["check", "config", str(tmp_path / "prometheus.yml")],  # also checks the rule files
         ["check", "rules", str(DEPLOY / "alerts.yml")],
     ):
         done = subprocess.run([promtool(), *command], capture_output=True, text=True, check=False)
@@ -162,7 +174,7 @@ def test_compose_runs_the_seed_environment() -> None:
         assert environment["SERVER_HOST"] == "0.0.0.0"
         assert (environment["DB_HOST"], environment["DB_PORT"]) == ("postgres", "5432")
         assert environment["DATABASE_URL"] == ""  # a DATABASE_URL in .env must not win
-        assert "API_KEY" in environment
+        assert "API_KEYS" in environment  # required: compose never runs the admin side open
         assert set(environment) <= {name.upper() for name in Settings.model_fields}
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["app"]["command"] == ["flashsale", "serve"]
@@ -180,6 +192,11 @@ def test_compose_runs_the_seed_environment() -> None:
         ["worker"],
         int(services["worker"]["environment"]["METRICS_PORT"]),
     )
+    # ... the app's /metrics with the viewer key compose hands Prometheus as a secret.
+    app_job = next(c for c in scrape_configs if c["job_name"] == "flashsale-app")
+    secret = app_job["authorization"]["credentials_file"]
+    assert secret == f"/run/secrets/{services['prometheus']['secrets'][0]}"
+    assert _compose()["secrets"]["prometheus_key"] == {"environment": "PROMETHEUS_KEY"}
     # Every file mounted from the repository exists.
     for service in services.values():
         for volume in service.get("volumes", []):

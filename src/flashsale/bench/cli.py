@@ -84,15 +84,61 @@ def bench() -> None:
 )
 @click.option("--pgbench-clients", default="8,16,64", show_default=True, callback=_int_list)
 @click.option("--pgbench-seconds", default=10, show_default=True, type=click.IntRange(1, 600))
+@click.option(
+    "--buyer-auth",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "jwt"]),
+    help="jwt: instead of the runs above, POST /orders with BUYER_AUTH=jwt (a distinct token per "
+    "order; each token 3 times) beside the same orders without auth, at one --clients count "
+    "(64 unless given) and one --workers value",
+)
+@click.option(
+    "--algorithms",
+    default="ES256,RS256,EdDSA",
+    show_default=True,
+    help="With --buyer-auth jwt: the token algorithms to measure, comma-separated",
+)
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="With --buyer-auth jwt: alternating rounds (targets: medians)")  # fmt: skip
+@click.option("--profile", is_flag=True,
+              help="With --buyer-auth jwt: py-spy of a server worker during a distinct-token run "
+              "per algorithm")  # fmt: skip
+@click.pass_context
 def bench_orders(
-    *, clients: list[int], seconds: int, coalescing: str, workers: list[int],
+    ctx: click.Context, *, clients: list[int], seconds: int, coalescing: str, workers: list[int],
     pool_size: list[int], batch_max: list[int], existing_orders: int, coalescer: bool,
-    generator: str, pgbench_clients: list[int], pgbench_seconds: int,
+    generator: str, pgbench_clients: list[int], pgbench_seconds: int, buyer_auth: str,
+    algorithms: str, rounds: int, profile: bool,
 ) -> None:  # fmt: skip
     """Hot-product orders/s, p50, p99 over HTTP (wrk) vs the HTTP ceiling (a 404, same
     generator, same servers) and the database's best single-order rate (pgbench); WAL per
-    order, a grown orders table, a sold-out product, the ledger."""
+    order, a grown orders table, a sold-out product, the ledger. With --buyer-auth jwt: what
+    verified buyers cost POST /orders (see `flashsale.bench.buyer_auth`)."""
     from flashsale import processes
+
+    if buyer_auth == "jwt":
+        default_clients = ctx.get_parameter_source("clients") is click.core.ParameterSource.DEFAULT
+        connections = [64] if default_clients else clients
+        if len(connections) != 1 or len(workers) != 1:
+            raise click.UsageError("--buyer-auth jwt takes one --clients and one --workers value")
+        if generator == "python":
+            raise click.UsageError("--buyer-auth jwt needs wrk (--generator auto or wrk)")
+        from flashsale.bench import buyer_auth as buyer_auth_bench
+
+        try:
+            chosen = buyer_auth_bench.parse_algorithms(algorithms)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--algorithms") from None
+        options = buyer_auth_bench.Options(
+            connections=connections[0], seconds=seconds, rounds=rounds, algorithms=chosen,
+            workers=workers[0], profile=profile,
+        )  # fmt: skip
+        with processes.database(processes.settings(), migrate=True) as url:
+            buyer_auth_bench.run(url, options)
+        return
+    if profile:
+        raise click.UsageError("--profile goes with --buyer-auth jwt")
     from flashsale.bench import orders as orders_bench
 
     configurations = [

@@ -10,6 +10,12 @@ above 399; `errors.timeout` the responses slower than `--timeout` (still in `req
 in the latency histogram, hence a generous timeout); connect/read/write are socket errors. When
 the duration is over wrk stops at once: requests in flight then are never counted, although the
 server may still complete them (at most one per connection).
+
+`token_script()`/`run_with_tokens()` send a different `Authorization: Bearer <token>` per request,
+taken in order from a file of tokens (one a line) that each wrk thread reads once in `init()`;
+each token is used `per_token` times in a row, then the next; past the last the file starts over
+(`TokenRun.cycled` tells). The request is formatted once around the token: per request, the Lua
+is a table lookup, a counter and one concatenation.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 from flashsale.bench.loadgen import PERCENTILES, LoadResult, SocketErrors
 
@@ -46,6 +54,7 @@ def lua_string(text: str) -> str:
 
 _DONE = """
 function done(summary, latency, requests)
+   if report_tokens then report_tokens() end
    local e = summary.errors
    io.write(string.format(
       "\\n%s{\\"requests\\": %d, \\"duration_us\\": %d, \\"bytes\\": %d, "
@@ -81,14 +90,120 @@ def script(method: str, body: str | None = None) -> str:
             "function request()\n   n = n + 1\n"
             "   return wrk.format(nil, nil, nil, head .. n .. tail)\nend"
         )
-    lines.append(f"local marker = {lua_string(MARKER)}")
+    return "\n".join(lines) + "\n" + _result_lua()
+
+
+def _result_lua() -> str:
+    """`done()` and what it needs: the result as one `MARKER` JSON line."""
     percentiles = ", ".join(
         f'string.format("\\"p{p:g}\\": %d", latency:percentile({p:g}))' for p in PERCENTILES
     )
-    lines.append(
+    return (
+        f"local marker = {lua_string(MARKER)}\n"
         f'local function percentiles(latency)\n   return table.concat({{{percentiles}}}, ", ")\nend'
+        f"\n{_DONE}"
     )
-    return "\n".join(lines) + "\n" + _DONE
+
+
+TOKENS_MARKER = "FLASHSALE_WRK_TOKENS "
+_PLACEHOLDER = "@TOKEN@"  # where the token goes in the request formatted once
+
+
+def token_script(
+    method: str, body: str | None, tokens_file: str | Path, *, per_token: int = 1,
+    header: str = "Authorization", prefix: str = "Bearer ",
+) -> str:  # fmt: skip
+    """The Lua script for a request with a different `<header>: <prefix><token>` each, the body
+    static: the tokens come from `tokens_file` (one a line, read once per wrk thread in
+    `init()`), each used `per_token` times in a row, cycling past the last. `done()` also prints
+    `TOKENS_MARKER {"sent": n}`: the requests made, so the caller can tell whether the file
+    lasted. As with `script()`'s numbered bodies, measure the ceiling with the same script."""
+    if per_token < 1:
+        raise ValueError("per_token must be at least 1")
+    if body is not None and COUNTER in body:
+        raise ValueError("a token script's body is static (no COUNTER)")
+    lines = [f"wrk.method = {lua_string(method)}"]
+    if body is not None:
+        lines.append(f"wrk.body = {lua_string(body)}")
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    advance = (
+        "   index = index + 1\n"
+        "   if index > count then index = 1 end\n"
+    )  # fmt: skip
+    if per_token > 1:
+        advance = (
+            "   used = used + 1\n"
+            "   if used == per_token then\n"
+            "      used = 0\n"
+            "      index = index + 1\n"
+            "      if index > count then index = 1 end\n"
+            "   end\n"
+        )  # fmt: skip
+    lines.append(
+        f"local tokens_file, per_token = {lua_string(str(tokens_file))}, {per_token}\n"
+        f"local name, prefix, placeholder = {lua_string(header)}, {lua_string(prefix)}, "
+        f"{lua_string(_PLACEHOLDER)}\n"
+        "local tokens, count, index, used, head, tail = {}, 0, 1, 0, nil, nil\n"
+        "sent = 0  -- global: done() reads it from the thread\n"
+        "function init(args)\n"
+        "   for line in io.lines(tokens_file) do\n"
+        '      if line ~= "" then\n'
+        "         count = count + 1\n"
+        "         tokens[count] = line\n"
+        "      end\n"
+        "   end\n"
+        '   if count == 0 then error("no tokens in " .. tokens_file) end\n'
+        "   wrk.headers[name] = prefix .. placeholder\n"
+        "   local formatted = wrk.format()\n"
+        "   wrk.headers[name] = nil\n"
+        "   local at = string.find(formatted, placeholder, 1, true)\n"
+        "   head = string.sub(formatted, 1, at - 1)\n"
+        "   tail = string.sub(formatted, at + #placeholder)\n"
+        "end\n"
+        "function request()\n"
+        "   local token = tokens[index]\n"
+        "   sent = sent + 1\n"
+        f"{advance}"
+        "   return head .. token .. tail\n"
+        "end\n"
+        "local threads = {}\n"
+        "function setup(thread) threads[#threads + 1] = thread end\n"
+        "function report_tokens()\n"
+        "   local total = 0\n"
+        '   for _, thread in ipairs(threads) do total = total + thread:get("sent") end\n'
+        f"   io.write(string.format({lua_string(chr(10) + TOKENS_MARKER)} .. "
+        "'{\"sent\": %d}', total))\n"
+        "end"
+    )
+    return "\n".join(lines) + "\n" + _result_lua()
+
+
+@dataclass(frozen=True)
+class TokenRun:
+    """A token script's run: wrk's result, and how the tokens file was used."""
+
+    result: LoadResult
+    sent: int  # requests the script made (completed, in flight at the end, retried)
+    tokens: int  # tokens in the file
+    per_token: int
+
+    @property
+    def tokens_used(self) -> int:
+        """Tokens (from the file's start) that went into a request."""
+        return min(self.tokens, -(-self.sent // self.per_token))
+
+    @property
+    def cycled(self) -> bool:
+        """The file ran out and started over: some tokens were used more than `per_token` times."""
+        return self.sent > self.tokens * self.per_token
+
+
+def parse_tokens(output: str) -> int:
+    """The requests a token script made (the `TOKENS_MARKER` line its `done()` printed)."""
+    for line in output.splitlines():
+        if line.startswith(TOKENS_MARKER):
+            return int(json.loads(line[len(TOKENS_MARKER) :])["sent"])
+    raise RuntimeError(f"no {TOKENS_MARKER.strip()} line in wrk's output:\n{output}")
 
 
 def parse(output: str, connections: int) -> LoadResult:
@@ -128,13 +243,32 @@ def run(
     executable: str | None = None,
 ) -> LoadResult:
     """One thread of wrk, `connections` connections, `seconds` long, sending one static request."""
+    output = _execute(script(method, body), url, connections, seconds, executable)
+    return parse(output, connections)
+
+
+def run_with_tokens(
+    url: str, tokens_file: str | Path, *, connections: int, seconds: float, method: str = "POST",
+    body: str | None = None, per_token: int = 1, executable: str | None = None,
+) -> TokenRun:  # fmt: skip
+    """`run()` with `token_script()`: a bearer token per request from `tokens_file`, each used
+    `per_token` times in a row."""
+    with open(tokens_file, "rb") as f:
+        tokens = sum(1 for line in f if line.strip())
+    text = token_script(method, body, tokens_file, per_token=per_token)
+    output = _execute(text, url, connections, seconds, executable)
+    return TokenRun(parse(output, connections), parse_tokens(output), tokens, per_token)
+
+
+def _execute(lua: str, url: str, connections: int, seconds: float, executable: str | None) -> str:
+    """wrk's output for the script `lua` (one thread); raises if wrk failed."""
     wrk = executable or binary()
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian package: wrk)")
     with tempfile.NamedTemporaryFile(
         "w", prefix="flashsale-wrk-", suffix=".lua", delete=False
     ) as f:
-        f.write(script(method, body))
+        f.write(lua)
     try:
         completed = subprocess.run(  # noqa: S603 - our own binary and arguments
             [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
@@ -147,4 +281,4 @@ def run(
         raise RuntimeError(
             f"wrk exited with {completed.returncode}:\n{completed.stdout}\n{completed.stderr}"
         )
-    return parse(completed.stdout, connections)
+    return completed.stdout

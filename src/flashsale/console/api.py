@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 
+from flashsale.access.control import AccessRoute, Forbidden, OperatorOnly
 from flashsale.console import service
 from flashsale.console.schemas import ProductSalesList
-from flashsale.deps import AdminOnly, Db
+from flashsale.deps import Db
 from flashsale.errors import AppError, NotFound, Unauthorized, ValidationFailed
 from flashsale.schemas import Limit, Offset
 from flashsale.web.errors import documented, respond
@@ -37,7 +37,7 @@ SECURITY_HEADERS = {
 }
 
 
-class _ConsoleRoute(APIRoute):
+class _ConsoleRoute(AccessRoute):
     """Adds the security headers to every response of the console's routes. Errors are rendered
     here (as the app's handlers would) because those handlers answer outside the route."""
 
@@ -83,8 +83,8 @@ async def console_static(name: str) -> Response:
 
 @router.get(
     "/products",
-    dependencies=[AdminOnly],
-    responses=documented(ValidationFailed, Unauthorized),
+    dependencies=[OperatorOnly],
+    responses=documented(ValidationFailed, Unauthorized, Forbidden),
     summary="Products by id, with the units their CONFIRMED orders hold (for the console)",
 )
 async def product_sales(

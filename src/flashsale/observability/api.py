@@ -15,19 +15,21 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from flashsale.access.control import AccessRoute, OperatorOnly
 from flashsale.db import Connection
 from flashsale.deps import AppSettings, Db
 from flashsale.errors import DatabaseTimeout, DatabaseUnavailable
 from flashsale.observability import exposition
 
-router = APIRouter(tags=["observability"])
+router = APIRouter(tags=["observability"], route_class=AccessRoute)
 
 # A scrape should not queue behind a crowd of orders for long; without the database it still
 # reports everything else.
 DATABASE_WAIT_S = 1.0
 
 
-@router.get("/metrics", include_in_schema=False)
+# With operator keys, a scrape needs one (a viewer's is enough: deploy/prometheus.yml).
+@router.get("/metrics", include_in_schema=False, dependencies=[OperatorOnly])
 async def metrics_endpoint(database: Db, settings: AppSettings) -> Response:
     families: list[Metric] = []
     try:

@@ -3,9 +3,20 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, status
+from fastapi import APIRouter, Depends, Header, Path, Query, status
 
-from flashsale.deps import AdminOnly, Db
+from flashsale.access.buyers import AuthUnavailable, Unauthenticated
+from flashsale.access.control import (
+    AccessRoute,
+    Buyer,
+    BuyerMismatch,
+    Forbidden,
+    OperatorOnly,
+    OrderLister,
+    OrderReader,
+    buyer_scheme,
+)
+from flashsale.deps import Db
 from flashsale.errors import (
     DatabaseTimeout,
     DatabaseUnavailable,
@@ -27,7 +38,7 @@ from flashsale.products.service import ProductNotFound
 from flashsale.schemas import Limit, Offset, RowId
 from flashsale.web.errors import documented
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=AccessRoute)
 
 OrderId = Annotated[UUID, Path(description="Order id (UUID)")]
 
@@ -37,6 +48,8 @@ OrderId = Annotated[UUID, Path(description="Order id (UUID)")]
     status_code=status.HTTP_201_CREATED,
     responses=documented(
         ValidationFailed,
+        Unauthenticated,
+        BuyerMismatch,
         ProductNotFound,
         service.OutOfStock,
         service.SaleNotStarted,
@@ -48,7 +61,9 @@ OrderId = Annotated[UUID, Path(description="Order id (UUID)")]
         DatabaseTimeout,
         service.OrdersBusy,
         service.OrderBatchFailed,
+        AuthUnavailable,
     ),
+    dependencies=[Depends(buyer_scheme)],
     response_model=Order,
     summary="Buy: reserve stock and create a CONFIRMED order, atomically",
     description="Refused (409) outside the product's sale window (`SALE_NOT_STARTED` with "
@@ -57,7 +72,10 @@ OrderId = Annotated[UUID, Path(description="Order id (UUID)")]
     "quantity would exceed `max_per_buyer` (`PURCHASE_LIMIT_EXCEEDED`), decided by the database "
     "in that order. With an `Idempotency-Key`, the same key and body replay the first answer, "
     "refusals included, with `Idempotent-Replayed: true`; an order's replay is its original "
-    "201 response even after the order was cancelled (GET /orders/{order_id} shows it now).",
+    "201 response even after the order was cancelled (GET /orders/{order_id} shows it now). "
+    "With BUYER_AUTH=jwt the buyer is the bearer token's `sub` (`buyer_id` may be left out; if "
+    "given it must be the same, else 403 `BUYER_MISMATCH`), and an `Idempotency-Key` is the "
+    "buyer's own: two buyers using one key get an order each.",
 )
 async def create_order(
     body: OrderCreate,
@@ -73,11 +91,15 @@ async def create_order(
 
 @router.get(
     "",
-    responses=documented(ValidationFailed),
+    responses=documented(ValidationFailed, Unauthorized, Unauthenticated, AuthUnavailable),
     summary="List orders, newest first",
+    description="With a buyer token, only the buyer's own orders, whatever the filters say; "
+    "an operator key (either role) lists everybody's. Without either: only on a server "
+    "without operator keys, in BUYER_AUTH=none.",
 )
 async def list_orders(
     *,
+    principal: OrderLister,
     database: Db,
     limit: Annotated[Limit, Query()] = 20,
     offset: Annotated[Offset, Query()] = 0,
@@ -93,26 +115,38 @@ async def list_orders(
             buyer_id=buyer_id,
             product_id=product_id,
             status=status,
+            owner=principal.buyer_id if isinstance(principal, Buyer) else None,
         )
     return OrderList(orders=orders, limit=limit, offset=offset)
 
 
 @router.get(
     "/{order_id}",
-    responses=documented(ValidationFailed, service.OrderNotFound),
+    responses=documented(
+        ValidationFailed, Unauthorized, Unauthenticated, service.OrderNotFound, AuthUnavailable
+    ),
     summary="Get an order with its product",
+    description="A buyer token reads only the buyer's own orders (another's is 404, as if it "
+    "did not exist); an operator key reads any. In BUYER_AUTH=none anyone may read an order "
+    "by its id (unguessable); with BUYER_AUTH=jwt a token or a key is needed.",
 )
-async def get_order(order_id: OrderId, database: Db) -> OrderWithProduct:
+async def get_order(order_id: OrderId, principal: OrderReader, database: Db) -> OrderWithProduct:
+    owner = principal.buyer_id if isinstance(principal, Buyer) else None
     async with database.connection() as conn:
-        return await service.get_order(conn, order_id=order_id)
+        return await service.get_order(conn, order_id=order_id, owner=owner)
 
 
 @router.post(
     "/{order_id}/cancel",
     responses=documented(
-        ValidationFailed, Unauthorized, service.OrderNotFound, DatabaseUnavailable, DatabaseTimeout
+        ValidationFailed,
+        Unauthorized,
+        Forbidden,
+        service.OrderNotFound,
+        DatabaseUnavailable,
+        DatabaseTimeout,
     ),
-    dependencies=[AdminOnly],
+    dependencies=[OperatorOnly],
     summary="Cancel an order: CANCELLED, and its units back in the product's stock",
     description="Idempotent: a repeated or concurrent cancellation answers 200 with the same "
     "cancelled order, and the units go back once. The units stop counting toward the buyer's "

@@ -15,6 +15,8 @@ metrics) and the body guard (415 and 413 before any parsing), like every other r
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import structlog
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -22,11 +24,13 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flashsale.access.buyers import Unauthenticated
+from flashsale.access.control import BuyerMismatch, bearer_token
 from flashsale.deps import state_of
 from flashsale.errors import AppError, InternalError, PayloadTooLarge, ValidationFailed
 from flashsale.observability import metrics
 from flashsale.orders.api import router
-from flashsale.orders.schemas import Order, OrderCreate
+from flashsale.orders.schemas import Order, OrderCreate, VerifiedOrderCreate
 from flashsale.orders.service import (
     REPLAYED_HEADER,
     OrderRequest,
@@ -91,17 +95,37 @@ class PlaceOrderEndpoint:
         await send({"type": "http.response.body", "body": body})
 
     async def _place(self, scope: Scope, receive: Receive) -> PlacedOrder:
-        body = await _read_body(receive)
-        try:
-            data = OrderCreate.model_validate_json(body)
-        except ValidationError as exc:
-            raise ValidationFailed.from_errors(exc.errors()) from None
+        state = state_of(self._api)
+        buyers = state.access.buyers
+        if buyers is None:  # BUYER_AUTH=none: the body names the buyer (the seed's contract)
+            data = _parse(OrderCreate, await _read_body(receive))
+        else:  # the token names the buyer, checked before the body is read
+            token = bearer_token(scope)
+            if token is None:
+                raise Unauthenticated()
+            buyer_id = await buyers.buyer_id(token)
+            claimed = _parse(VerifiedOrderCreate, await _read_body(receive))
+            if claimed.buyer_id not in (None, buyer_id):
+                raise BuyerMismatch()
+            data = OrderCreate.model_construct(
+                product_id=claimed.product_id, quantity=claimed.quantity, buyer_id=buyer_id
+            )
         key = None
         for name, value in scope["headers"]:
             if name == _IDEMPOTENCY_KEY:  # present but empty is a 400, not "no key"
                 key = validate_idempotency_key(value.decode("latin-1"))
                 break
-        return await state_of(self._api).orders.place(OrderRequest.of(data, key))
+        return await state.orders.place(OrderRequest.of(data, key))
+
+
+Body = TypeVar("Body", OrderCreate, VerifiedOrderCreate)
+
+
+def _parse(model: type[Body], body: bytes) -> Body:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValidationFailed.from_errors(exc.errors()) from None
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -22,6 +22,15 @@ class OrderCreate(RequestBody):
     buyer_id: BuyerId
 
 
+class VerifiedOrderCreate(RequestBody):
+    """POST /orders's body with BUYER_AUTH=jwt: the buyer is the token's; `buyer_id`, if given,
+    must name the same buyer."""
+
+    product_id: RowId
+    quantity: Quantity
+    buyer_id: BuyerId | None = None
+
+
 class Order(BaseModel):
     id: UUID
     product_id: int

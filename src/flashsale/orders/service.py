@@ -129,18 +129,30 @@ def request_fingerprint(data: OrderCreate) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
+# Between the buyer and the key in a stored key: a control character, which no buyer id has.
+_KEY_SCOPE_SEPARATOR = "\x1f"
+
+
+def buyer_scoped_key(buyer_id: str, idempotency_key: str) -> str:
+    """An Idempotency-Key as it is stored: the buyer's own, so that two buyers using one key
+    get their own orders and nobody can replay or pre-claim another buyer's key."""
+    return f"{buyer_id}{_KEY_SCOPE_SEPARATOR}{idempotency_key}"
+
+
 @dataclass(frozen=True, slots=True)
 class OrderRequest:
     """One POST /orders as flash-sale mode queues it."""
 
     data: OrderCreate
-    idempotency_key: str | None = None
+    idempotency_key: str | None = None  # scoped to the buyer (`buyer_scoped_key`)
     fingerprint: bytes | None = None  # of `data`, when there is a key
 
     @classmethod
     def of(cls, data: OrderCreate, idempotency_key: str | None) -> OrderRequest:
-        fingerprint = request_fingerprint(data) if idempotency_key is not None else None
-        return cls(data, idempotency_key, fingerprint)
+        if idempotency_key is None:
+            return cls(data)
+        scoped = buyer_scoped_key(data.buyer_id, idempotency_key)
+        return cls(data, scoped, request_fingerprint(data))
 
 
 Outcome = PlacedOrder | AppError
@@ -251,16 +263,20 @@ async def cancel_order(conn: Connection, *, order_id: UUID) -> Cancellation:
     return Cancellation(_order(row), row["cancelled_now"])
 
 
-async def get_order(conn: Connection, *, order_id: UUID) -> OrderWithProduct:
+async def get_order(
+    conn: Connection, *, order_id: UUID, owner: str | None = None
+) -> OrderWithProduct:
+    """The order; with `owner`, only if it is that buyer's (another's is not found)."""
     row = await conn.fetchrow(
         """
         SELECT o.id, o.product_id, o.buyer_id, o.quantity, o.status, o.total_cents,
                o.created_at, o.updated_at, o.cancelled_at,
                p.name AS product_name, p.stock AS product_stock, p.price AS product_price
         FROM orders o JOIN products p ON p.id = o.product_id
-        WHERE o.id = $1
+        WHERE o.id = $1 AND ($2::text IS NULL OR o.buyer_id = $2)
         """,
         order_id,
+        owner,
     )
     if row is None:
         raise OrderNotFound()
@@ -281,9 +297,15 @@ async def list_orders(
     buyer_id: str | None = None,
     product_id: int | None = None,
     status: OrderStatus | None = None,
+    owner: str | None = None,
 ) -> list[Order]:
-    """Newest first. Filters become fixed SQL fragments with parameters, so each combination
-    gets its own plan that can use its index."""
+    """Newest first; with `owner`, only that buyer's orders whatever the filters say. Filters
+    become fixed SQL fragments with parameters, so each combination gets its own plan that can
+    use its index."""
+    if owner is not None:
+        if buyer_id not in (None, owner):
+            return []
+        buyer_id = owner
     conditions: list[str] = []
     args: list[object] = []
     if buyer_id is not None:

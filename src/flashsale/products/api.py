@@ -5,14 +5,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from flashsale.deps import AdminOnly, Db
+from flashsale.access.control import AccessRoute, Forbidden, OperatorOnly
+from flashsale.deps import Db
 from flashsale.errors import Unauthorized, ValidationFailed
 from flashsale.products import service
 from flashsale.products.schemas import Product, ProductCreate, ProductList, ProductUpdate
 from flashsale.schemas import Limit, Offset, RowId
 from flashsale.web.errors import documented
 
-router = APIRouter(prefix="/products", tags=["products"])
+router = APIRouter(prefix="/products", tags=["products"], route_class=AccessRoute)
 
 ProductId = Annotated[RowId, Path(description="Product id")]
 # One entity tag as we send it ("3", or weak W/"3"), or the bare version number (README).
@@ -65,8 +66,8 @@ def _none_match(value: str | None, product: Product) -> bool:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=documented(ValidationFailed, Unauthorized),
-    dependencies=[AdminOnly],
+    responses=documented(ValidationFailed, Unauthorized, Forbidden),
+    dependencies=[OperatorOnly],
     summary="Create a product",
 )
 async def create_product(body: ProductCreate, database: Db, response: Response) -> Product:
@@ -116,11 +117,12 @@ async def get_product(
     responses=documented(
         ValidationFailed,
         Unauthorized,
+        Forbidden,
         service.ProductNotFound,
         service.VersionConflict,
         service.VersionRequired,
     ),
-    dependencies=[AdminOnly],
+    dependencies=[OperatorOnly],
     summary="Change name, price or stock under optimistic locking",
 )
 async def update_product(

@@ -8,7 +8,8 @@ import structlog
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from flashsale.deps import AdminOnly, AppSettings, Db, JobEventHub, Jobs
+from flashsale.access.control import AccessRoute, Forbidden, OperatorOnly
+from flashsale.deps import AppSettings, Db, JobEventHub, Jobs
 from flashsale.errors import Unauthorized, ValidationFailed
 from flashsale.observability import metrics
 from flashsale.settlement import service
@@ -32,11 +33,12 @@ from flashsale.web.errors import documented
 
 log = structlog.get_logger()
 
-# The admin side: every route here needs the API key when API_KEY is set.
+# The admin side: every route here needs an operator key (a viewer's for reads) when keys are set.
 router = APIRouter(
     tags=["settlement"],
-    dependencies=[AdminOnly],
-    responses=documented(Unauthorized),
+    dependencies=[OperatorOnly],
+    responses=documented(Unauthorized, Forbidden),
+    route_class=AccessRoute,
 )
 
 JobId = Annotated[str, Path(description="Job id, job_<uuid>")]

@@ -8,7 +8,8 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from flashsale.deps import AdminOnly, Db, State
+from flashsale.access.control import AccessRoute, Forbidden, OperatorOnly
+from flashsale.deps import Db, State
 from flashsale.errors import (
     AppError,
     PayloadTooLarge,
@@ -36,8 +37,9 @@ log = structlog.get_logger()
 router = APIRouter(
     prefix="/transactions",
     tags=["transactions"],
-    dependencies=[AdminOnly],
-    responses=documented(Unauthorized),
+    dependencies=[OperatorOnly],
+    responses=documented(Unauthorized, Forbidden),
+    route_class=AccessRoute,
 )
 
 IMPORT_PATH = "/transactions/import"

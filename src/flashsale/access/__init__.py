@@ -1,0 +1,1 @@
+"""Who may do what: operator keys with roles, verified buyers, and the rules of each route."""
