@@ -10,8 +10,8 @@
   const PRODUCTS_PAGE = 20;
   const JOBS_SHOWN = 20;
   const SETTLEMENTS_PAGE = 50;
-  const REFUSED = "The API key was refused (401). Enter the server's API_KEY.";
-  const MISSING = "This server needs its API key (401). Enter the server's API_KEY.";
+  const REFUSED = "The key was refused (401). Enter an operator key (a viewer's is enough to watch).";
+  const MISSING = "This server needs an operator key (401). Enter one (a viewer's is enough to watch).";
 
   const $ = (id) => document.getElementById(id);
 
@@ -156,7 +156,7 @@
       "key-status",
       apiKey()
         ? "A key is set for this tab (kept in sessionStorage until the tab closes or you forget it)."
-        : "No key entered: admin data loads only if the server has no API_KEY.",
+        : "No key entered: admin data loads only on a server without operator keys.",
     );
   }
 
@@ -214,7 +214,7 @@
   async function refreshRate() {
     let text;
     try {
-      const response = await fetch("/metrics", { cache: "no-store" });
+      const response = await api("/metrics");
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       text = await response.text();
     } catch (error) {
