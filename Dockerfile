@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # flashsale: `docker compose up -d` (see compose.yaml), or
-#   docker build -t flashsale . && docker run -e DATABASE_URL=postgresql://... -p 8080:8080 flashsale
+#   docker build -t flashsale . && docker run -e DATABASE_URL=postgresql://... \
+#     -e API_KEYS=<entries of `flashsale keys new`> -p 8080:8080 flashsale
+# It listens on 0.0.0.0, so it refuses to start without operator keys (README: Who may do what).
 
 # Build stage: the locked dependencies, then the project, into /app/.venv with uv.
 FROM python:3.11-slim-bookworm AS build

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from flashsale.access.operators import new_key
 from flashsale.bench.harness import FINISHED, free_port, migrated_database, status_is, wait_for_job
 from tests.support import ROOT, eventually, http_client, require_tool, running_server
 
@@ -26,15 +27,25 @@ STOCK, BUYERS = 100, 137
 
 @contextmanager
 def running_prometheus(
-    binary: str, targets: dict[str, str], directory: Path
+    binary: str, targets: dict[str, str], directory: Path, key_files: dict[str, Path] | None = None
 ) -> Iterator[httpx.Client]:
     """Prometheus on 127.0.0.1 scraping `targets` (job -> host:port) every second, evaluating
-    deploy/alerts.yml every second; a client on its HTTP API once it is ready."""
+    deploy/alerts.yml every second; a client on its HTTP API once it is ready. A job named in
+    `key_files` scrapes with the key in that file, as deploy/prometheus.yml does."""
+    key_files = key_files or {}
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
         "rule_files": [str(ROOT / "deploy" / "alerts.yml")],
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [target]}]}
+            {
+                "job_name": job,
+                "static_configs": [{"targets": [target]}],
+                **(
+                    {"authorization": {"type": "Bearer", "credentials_file": str(key_files[job])}}
+                    if job in key_files
+                    else {}
+                ),
+            }
             for job, target in targets.items()
         ],
     }
@@ -167,3 +178,30 @@ async def test_prometheus_sees_exactly_the_crowd_the_job_and_healthy_rules(
                 rule["alert"] for group in alerts["groups"] for rule in group["rules"]
             }
             assert [r["name"] for r in rules if r["state"] == "firing"] == []
+
+
+async def test_prometheus_scrapes_a_keyed_server_with_a_viewer_key(
+    database_url: str, logs_dir: Path, tmp_path: Path
+) -> None:
+    binary = require_tool("prometheus", "prometheus")
+    secret, viewer = new_key("prometheus", "viewer")
+    key_file = tmp_path / "prometheus_key"
+    key_file.write_text(secret)
+    with running_server(database_url, logs_dir, API_KEYS=viewer.line) as server:
+        target = server.url.removeprefix("http://")
+        jobs = {"with-viewer-key": target, "without-key": target}
+        keys = {"with-viewer-key": key_file}
+        with running_prometheus(binary, jobs, tmp_path, keys) as api:
+
+            async def scraped() -> bool:
+                active = _data(api, "targets")["activeTargets"]
+                health = {t["labels"]["job"]: t["health"] for t in active}
+                return health == {"with-viewer-key": "up", "without-key": "down"}
+
+            await eventually(scraped, "the keyed job is up and the other is refused")
+            refused = next(
+                t
+                for t in _data(api, "targets")["activeTargets"]
+                if t["labels"]["job"] == "without-key"
+            )
+            assert "401" in refused["lastError"]

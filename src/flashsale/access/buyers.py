@@ -12,14 +12,16 @@ BUYER_JWKS_CACHE_S in the background, and at once when a token names an unknown 
 once per `REFETCH_MIN_S` (junk tokens cannot make us hammer the provider). While the provider
 is down the keys we have keep working; with none at all, orders get 503 AUTH_UNAVAILABLE.
 
-A verified token is remembered until it expires (`_verified`, bounded), so a buyer's second
-order costs a dictionary lookup; the memory is dropped whenever the key set changes.
+A verified token is remembered until it expires (`_verified`, by its SHA-256, at most
+MAX_REMEMBERED_TOKENS: then forgotten all at once), so a buyer's next orders cost a hash and a
+dictionary lookup; the memory is dropped whenever the key set changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from pydantic import TypeAdapter, ValidationError
 
+from flashsale import background
 from flashsale.errors import AppError
 from flashsale.orders.schemas import BuyerId
 
@@ -146,13 +149,10 @@ class BuyerKeys:
         async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False) as http:
             self._http = http
             await self.refresh()
-            task = asyncio.create_task(self._refresh_periodically(), name="buyer-keys")
             try:
-                yield
+                async with background.running(self._refresh_periodically()):
+                    yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
                 self._http = None
 
     async def _refresh_periodically(self) -> None:
@@ -229,7 +229,8 @@ class BuyerTokens:
         self._issuer = settings.buyer_jwt_issuer
         self._audience = settings.buyer_jwt_audience
         self._leeway_s = settings.buyer_jwt_leeway_s
-        self._verified: dict[str, tuple[str, float]] = {}  # token -> (sub, accepted until)
+        # sha256(token) -> (sub, accepted until): 32 bytes a token, whatever its size
+        self._verified: dict[bytes, tuple[str, float]] = {}
         self._verified_version = keys.version
 
     async def buyer_id(self, token: str) -> str:
@@ -237,18 +238,19 @@ class BuyerTokens:
         if self._verified_version != self.keys.version:
             self._verified.clear()
             self._verified_version = self.keys.version
-        remembered = self._verified.get(token)
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated.invalid(f"longer than {MAX_TOKEN_BYTES} bytes")
+        fingerprint = hashlib.sha256(token.encode()).digest()
+        remembered = self._verified.get(fingerprint)
         if remembered is not None and time.time() < remembered[1]:
             return remembered[0]
         sub, expires_at = await self._verify(token)
         if len(self._verified) >= MAX_REMEMBERED_TOKENS:
             self._verified.clear()
-        self._verified[token] = (sub, expires_at + self._leeway_s)
+        self._verified[fingerprint] = (sub, expires_at + self._leeway_s)
         return sub
 
     async def _verify(self, token: str) -> tuple[str, float]:
-        if len(token) > MAX_TOKEN_BYTES:
-            raise Unauthenticated.invalid(f"longer than {MAX_TOKEN_BYTES} bytes")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

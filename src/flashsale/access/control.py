@@ -5,13 +5,13 @@ API_KEY) or, with BUYER_AUTH=jwt, a buyer's access token. What a route needs (`N
 
 | need          | operator key                  | buyer token | nothing presented                  |
 |---------------|-------------------------------|-------------|------------------------------------|
-| OPERATOR      | viewer: reads; admin: all     | 403         | 401 (open when no key is set)      |
+| OPERATOR      | viewer: reads; admin: all     | 401         | 401 (open when no key is set)      |
 | READ_ORDER    | any order                     | own only    | jwt: 401; none: allowed (seed)     |
 | LIST_ORDERS   | every order                   | own only    | jwt: 401; none: 401 unless open    |
 
 "Open" is a server without operator keys: loopback only (`access/exposure.py` refuses to start
 otherwise, unless ALLOW_OPEN_ADMIN=true); there anyone is an admin, as in the seed. A route
-declares its need with one dependency (`Operator`, `OrderReader`, `OrderLister`), which also
+declares its need with one dependency (`OperatorOnly`, `OrderReader`, `OrderLister`), which also
 documents the security scheme in OpenAPI; `AccessRoute` applies it before FastAPI reads the
 body, so an unauthenticated request gets 401 before any JSON error. POST /orders checks buyers
 itself (`orders/hot_path.py`).
@@ -135,7 +135,7 @@ class Access:
 
 
 def access_of(scope: Scope) -> Access:
-    from flashsale.deps import state_of  # deps imports the routers' modules' dependencies
+    from flashsale.deps import state_of  # deps imports this module (AppState holds an Access)
 
     return state_of(scope["app"]).access
 

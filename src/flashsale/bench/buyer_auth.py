@@ -16,18 +16,22 @@ after a warm-up, at `connections` connections, load from wrk (one thread):
   (c) each token 3 times in a row (a buyer sending 3 orders: the server remembers a verified
       token, so the 2nd and 3rd cost a lookup).
 The tokens are minted before the runs that use them (a process pool when there are many: RS256
-signing is ~0.5 ms a token), enough for the unauthenticated rate x the duration x 1.5, written
-to a file that wrk's Lua reads once (`wrk.run_with_tokens`). The HTTP ceiling (an unknown route)
-is measured with the same two kinds of script, since a per-request header costs wrk some Lua.
+signing is ~0.5 ms a token), enough for the best rate so far x the duration x 1.5, written to a
+file that wrk's Lua reads once (`wrk.run_with_tokens`). The HTTP ceiling (an unknown route) is
+measured with the same two kinds of script, since a per-request header costs wrk some Lua.
 
-Checks of every run: no non-2xx, orders stored == 2xx (+ at most one in flight per connection
-when wrk stopped), and for (b)/(c) every stored order's buyer_id is the sub of a token the run
-sent, each sub with at most its token's uses (one order per sub in (b)); a few are shown.
-`profile`: after the rounds, one more distinct-token run per algorithm (not in the medians) with
-py-spy recording one server worker: top frames, and the share of samples under the verification
-(flashsale/access/buyers.py), PyJWT (`jwt/`) and `cryptography/`; the same for a run without
-auth, for comparison. Also measured in this process, without HTTP: the server's own
-`BuyerTokens.buyer_id()` per algorithm, for a new token and for a remembered one.
+Each run also shows how the load's connections were spread over the server's workers (uvicorn's
+workers share one listening socket: the kernel hands each connection to whichever accepts
+first, so the split varies from run to run, and the rate with it). Checks of every run: no
+non-2xx, orders stored == 2xx (+ at most one in flight per connection when wrk stopped), and
+for (b)/(c) every stored order's buyer_id is the sub of a token the run sent, each sub with at
+most its token's uses (one order per sub in (b)); a few are shown.
+`profile`: after the rounds, one more run without auth and one distinct-token run per algorithm
+(not in the medians) with py-spy recording every server worker: top frames, and the share of
+samples under the verification (flashsale/access/buyers.py), PyJWT, its signature check (where
+cryptography's native code runs), base64url decoding and claims. Also measured in this process,
+without HTTP: the server's own `BuyerTokens.buyer_id()` per algorithm, for a new token and for a
+remembered one.
 Targets (printed beside the figures; a miss is reported, never an exit status): (b) >= 0.8x (a),
 (c) >= 0.9x (a), medians of the rounds' ratios.
 """
@@ -48,6 +52,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -70,7 +75,10 @@ ROUNDS = 3
 ORDERS_PER_BUYER = 3  # run (c)
 TOKEN_MARGIN = 1.5  # tokens minted: the unauthenticated rate x the duration x this
 TOKEN_TTL_S = 6 * 3600  # valid for the whole bench, however long
-POOL_MINT_ABOVE = 2000  # fewer tokens are minted in this process
+# Minting that should take less than this (at about these µs a token) is done in this process:
+# the pool's processes take seconds to start (each imports this module).
+IN_PROCESS_MINT_S = 3.0
+MINT_US = {"RS256": 600.0, "ES256": 120.0, "EdDSA": 120.0}
 MINT_CHUNK = 2000
 CEILING_TOKENS = 1000  # the ceiling's tokens are never verified: a small file, cycled
 MICRO_TOKENS = 500  # tokens verified in this process per algorithm
@@ -169,12 +177,15 @@ class TokenPool:
         if missing <= 0:
             return
         started = time.perf_counter()
-        tokens = self._minter.mint(self._pem, self.prefix, len(self._tokens), missing)
+        in_process = missing * MINT_US[self.algorithm] / 1e6 < IN_PROCESS_MINT_S
+        tokens = self._minter.mint(
+            self._pem, self.prefix, len(self._tokens), missing, in_process=in_process
+        )
         elapsed = time.perf_counter() - started
         self._tokens += tokens
         print(
             f"    minted {missing:,} {self.algorithm} tokens in {elapsed:.1f} s "
-            f"({elapsed / missing * 1e6:,.0f} us each, {self._minter.describe(missing)})"
+            f"({elapsed / missing * 1e6:,.0f} us each, {self._minter.describe(in_process)})"
         )
 
     def take(self, count: int) -> TokenSlice:
@@ -193,19 +204,21 @@ class TokenPool:
 
 
 class Minter:
-    """Signs tokens: in this process for a few, in a pool of processes (one per core) for many."""
+    """Signs tokens: in this process, or in a pool of processes (one per core) for many."""
 
     def __init__(self) -> None:
         self._executor: ProcessPoolExecutor | None = None
         self.processes = os.cpu_count() or 1
 
-    def describe(self, count: int) -> str:
-        if count <= POOL_MINT_ABOVE or self.processes == 1:
+    def describe(self, in_process: bool) -> str:
+        if in_process or self.processes == 1:
             return "in this process"
         return f"{self.processes} processes"
 
-    def mint(self, pem: bytes, prefix: str, start: int, count: int) -> list[str]:
-        if count <= POOL_MINT_ABOVE or self.processes == 1:
+    def mint(
+        self, pem: bytes, prefix: str, start: int, count: int, *, in_process: bool
+    ) -> list[str]:
+        if in_process or self.processes == 1:
             return _mint(pem, prefix, start, count, TOKEN_TTL_S)
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
@@ -272,7 +285,8 @@ def _verification_alone(
 
 
 def worker_pids(server_pid: int) -> list[int]:
-    """The uvicorn worker processes of a `flashsale serve` (its multiprocessing children)."""
+    """The processes of a `flashsale serve` that serve HTTP: uvicorn's workers (multiprocessing
+    children), or the process itself when it has none."""
     found, pending = [], [server_pid]
     while pending:
         pid = pending.pop()
@@ -284,7 +298,7 @@ def worker_pids(server_pid: int) -> list[int]:
             with contextlib.suppress(OSError):
                 if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(pid)
-    return sorted(found)
+    return sorted(found) or [server_pid]  # WEB_CONCURRENCY=1: uvicorn serves in the process
 
 
 @contextlib.contextmanager
@@ -315,11 +329,88 @@ def _py_spy(pid: int | None) -> Iterator[Path | None]:
             print(f"      (py-spy: {errors.decode(errors='replace').strip()[-300:]})")
 
 
+def established(pid: int, port: int) -> int:
+    """TCP connections to local `port` that process `pid` holds, established now (Linux)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                count += local_port == port and fields[3] == "01" and fields[9] in inodes
+    return count
+
+
+@dataclass
+class Observation:
+    """What was seen of a server's workers during a run."""
+
+    workers: list[int]
+    connections: list[int] | None = None  # per worker, counted once during the run
+    recordings: dict[int, Path] = field(default_factory=dict)  # py-spy's, per worker
+
+
+@contextlib.contextmanager
+def _observe(server: LiveServer, *, seconds: float, profile: bool) -> Iterator[Observation]:
+    """For the block (a run): which worker holds how many of the load's connections (counted
+    `min(1 s, half the run)` in), and with `profile` py-spy recording every worker."""
+    observation = Observation(worker_pids(server.process.pid))
+    stop = threading.Event()
+
+    def count() -> None:
+        if not stop.wait(min(1.0, seconds / 2)):
+            observation.connections = [established(pid, server.port) for pid in observation.workers]
+
+    counter = threading.Thread(target=count, name="connections-per-worker", daemon=True)
+    with contextlib.ExitStack() as stack:
+        if profile and shutil.which("py-spy") is None:
+            print("    (no profile: py-spy is not installed; it is a dev dependency: uv sync)")
+        elif profile:
+            for pid in observation.workers:
+                recording = stack.enter_context(_py_spy(pid))
+                if recording is not None:
+                    observation.recordings[pid] = recording
+        counter.start()
+        try:
+            yield observation
+        finally:
+            stop.set()
+            counter.join()
+
+
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
-CATEGORIES = {
-    "verification (flashsale/access/buyers.py)": re.compile(r"(^|/)flashsale/access/buyers\.py$"),
-    "PyJWT (jwt/)": re.compile(r"(^|/)jwt/[^/]+\.py$"),
-    "cryptography/": re.compile(r"(^|/)cryptography/"),
+# Where a profile's samples were, inclusive, matched on `function (file)`. py-spy sees Python
+# frames only: the signature arithmetic (cryptography's Rust and OpenSSL) is counted in the
+# PyJWT frame that calls it, `<Algorithm>.verify (jwt/algorithms.py)`.
+CATEGORIES = {  # short name: (what, pattern)
+    "verification": (
+        "the verification (flashsale/access/buyers.py)",
+        re.compile(r"\(flashsale/access/buyers\.py\)$"),
+    ),
+    "PyJWT": ("PyJWT (jwt/)", re.compile(r"\(jwt/")),
+    "signature": (
+        "  the signature check (<Algorithm>.verify: cryptography's native code)",
+        re.compile(r"Algorithm\.verify \(jwt/algorithms\.py\)$|\(cryptography/"),
+    ),
+    "base64url": (
+        "  base64url decoding (PyJWS._decode_base64url_segment)",
+        re.compile(r"_decode_base64url_segment"),
+    ),
+    "claims": (
+        "  the claims' checks (PyJWT._validate_claims)",
+        re.compile(r"_validate_claims \(jwt/"),
+    ),
+    "unverified header": (
+        "  jwt.get_unverified_header (the token's first decode)",
+        re.compile(r"get_unverified_header \(jwt/"),
+    ),
 }
 _AUTH_FILES = re.compile(r"(^|[/(])(jwt/|cryptography/|flashsale/access/)")
 _PREFIX = re.compile(r"^.*/(site-packages|src|lib/python3\.\d+)/")
@@ -355,8 +446,8 @@ class Profile:
             profile.leaves[frames[-1][0]] += samples
             for function in {function for function, _ in frames}:
                 profile.inclusive[function] += samples
-            for category, pattern in CATEGORIES.items():
-                if any(pattern.search(file) for _, file in frames):
+            for category, (_, pattern) in CATEGORIES.items():
+                if any(pattern.search(function) for function, _ in frames):
                     profile.categories[category] += samples
         return profile
 
@@ -384,6 +475,7 @@ class Run:
     result: LoadResult
     rows: int
     problems: list[str] = field(default_factory=list)
+    connections: list[int] | None = None  # the load's, per server worker
 
     @property
     def label(self) -> str:
@@ -409,11 +501,18 @@ class BuyerAuthBench:
     problems: list[str] = field(default_factory=list)
     ceilings: dict[str, LoadResult] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
-    best_plain_rate: float = 0.0
+    best_rate: float = 0.0  # orders/s, the best measured run so far
 
     @property
     def wrk_path(self) -> str | None:
         return self.load.wrk_path
+
+    def expected_rate(self, algorithm: DevAlgorithm) -> float:
+        """The requests/s a token run is given tokens for (x TOKEN_MARGIN): the best orders/s
+        measured so far, or half the HTTP ceiling with the same script if that is more (should
+        the first runs have been slow)."""
+        ceiling = self.ceilings.get(algorithm)
+        return max(self.best_rate, 0.5 * ceiling.rate if ceiling is not None else 0.0)
 
     # --- checks before the runs
 
@@ -532,7 +631,7 @@ class BuyerAuthBench:
         self.load.run(self.plain, seconds=self.options.warmup_s, **options)
         db.quiesce(product_id)
         before = db.count_orders(product_id)
-        with _py_spy(self._profiled(self.plain, profile)) as recording:
+        with _observe(self.plain, seconds=self.options.seconds, profile=profile) as seen:
             result = self.load.run(self.plain, seconds=self.options.seconds, **options)
         db.quiesce(product_id)
         run = Run("none", "", round_, result, db.count_orders(product_id) - before)
@@ -544,9 +643,9 @@ class BuyerAuthBench:
         if buyers != total:
             run.problems.append(f"{buyers:,} distinct buyers for {total:,} orders")
         checks.append(f"{buyers:,} distinct buyers for {total:,} orders (warm-up included)")
-        self._report(run, checks, recording, "none")
+        self._report(run, checks, seen, "none")
         if not profile:
-            self.best_plain_rate = max(self.best_plain_rate, result.rate)
+            self.best_rate = max(self.best_rate, result.rate)
         return run
 
     # --- (b), (c): a token per request
@@ -555,7 +654,7 @@ class BuyerAuthBench:
         self, algorithm: DevAlgorithm, round_: int, per_token: int, *, profile: bool = False
     ) -> Run:
         db, options, pool = self.db, self.options, self.pools[algorithm]
-        rate, connections = self.best_plain_rate, options.connections
+        rate, connections = self.expected_rate(algorithm), options.connections
         product_id = db.create_product(f"buyer-auth, {algorithm} x{per_token}", HUGE_STOCK)
         body = json.dumps({"product_id": product_id, "quantity": 1})
         url = self.jwt.url + "/orders"
@@ -567,7 +666,7 @@ class BuyerAuthBench:
         db.quiesce(product_id)
         before = db.count_orders(product_id)
         measured = pool.take(_tokens_needed(rate, options.seconds, connections, per_token))
-        with _py_spy(self._profiled(self.jwt, profile)) as recording:
+        with _observe(self.jwt, seconds=options.seconds, profile=profile) as seen:
             tokens = wrk.run_with_tokens(
                 url, measured.path, connections=connections, seconds=options.seconds, body=body,
                 per_token=per_token, executable=self.wrk_path,
@@ -576,6 +675,8 @@ class BuyerAuthBench:
         db.quiesce(product_id)
         kind = "distinct" if per_token == 1 else "repeats"
         run = Run(kind, algorithm, round_, tokens.result, db.count_orders(product_id) - before)
+        if not profile:
+            self.best_rate = max(self.best_rate, run.result.rate)
         checks = [
             self._count_check(run),
             self._buyers_check(run, product_id, warm, measured, tokens),
@@ -586,7 +687,7 @@ class BuyerAuthBench:
             )
         for path in (warm.path, measured.path):
             path.unlink(missing_ok=True)
-        self._report(run, checks, recording, algorithm)
+        self._report(run, checks, seen, algorithm)
         return run
 
     def _buyers_check(
@@ -632,19 +733,6 @@ class BuyerAuthBench:
 
     # --- shared
 
-    def _profiled(self, server: LiveServer, profile: bool) -> int | None:
-        if not profile:
-            return None
-        if shutil.which("py-spy") is None:
-            print("    (no profile: py-spy is not installed; it is a dev dependency: uv sync)")
-            return None
-        pids = worker_pids(server.process.pid)
-        if not pids:
-            print(f"    (no profile: no worker process found under pid {server.process.pid})")
-            return None
-        print(f"    py-spy on worker pid {pids[0]} of {len(pids)}")
-        return pids[0]
-
     def _count_check(self, run: Run) -> str:
         result, connections = run.result, self.options.connections
         in_flight = run.rows - result.ok
@@ -658,7 +746,7 @@ class BuyerAuthBench:
             return f"{text}: MISMATCH"
         return f"{text}: ok" + (f" (+{in_flight} in flight when wrk stopped)" if in_flight else "")
 
-    def _report(self, run: Run, checks: list[str], recording: Path | None, key: str) -> None:
+    def _report(self, run: Run, checks: list[str], seen: Observation, key: str) -> None:
         result = run.result
         ceiling = self.ceilings.get(key)
         print(f"    {run.label}: {result.summary()}")
@@ -672,22 +760,32 @@ class BuyerAuthBench:
             print(f"        {', '.join(ratios)}")
         for check in checks:
             print(f"        {check}")
+        if seen.connections is not None:
+            run.connections = seen.connections
+            print(f"        the load's connections per server worker (1 s in): "
+                  f"{', '.join(map(str, seen.connections))}")  # fmt: skip
         for problem in run.problems:
             self.problems.append(f"{run.label}, round {run.round}: {problem}")
-        if recording is not None:
-            self._print_profile(run, recording)
+        if seen.recordings:
+            self._print_profile(run, seen.recordings)
 
-    def _print_profile(self, run: Run, recording: Path) -> None:
-        profile = Profile.parse(recording.read_text())
-        recording.unlink(missing_ok=True)
+    def _print_profile(self, run: Run, recordings: dict[int, Path]) -> None:
+        texts = {pid: path.read_text() for pid, path in recordings.items()}
+        for path in recordings.values():
+            path.unlink(missing_ok=True)
+        per_worker = ", ".join(
+            f"pid {pid}: {Profile.parse(text).samples:,}" for pid, text in texts.items()
+        )
+        profile = Profile.parse("\n".join(texts.values()))
         self.profiles[run.label] = profile
-        print(f"        py-spy, one worker, {profile.samples:,} samples at {PROFILE_RATE}/s "
-              "(busy threads only); own samples (where they were taken):")  # fmt: skip
+        print(f"        py-spy, every server worker, {profile.samples:,} samples at "
+              f"{PROFILE_RATE}/s ({per_worker}; busy threads only); own samples (where they "
+              "were taken; Runner.run: uvloop's C code, I/O and HTTP parsing):")  # fmt: skip
         for function, samples in profile.leaves.most_common(TOP_FRAMES):
             print(f"          {profile.share(samples):6.1%}  {function}")
         print("        under (inclusive):")
-        for category in CATEGORIES:
-            print(f"          {profile.share(profile.categories[category]):6.1%}  {category}")
+        for category, (what, _) in CATEGORIES.items():
+            print(f"          {profile.share(profile.categories[category]):6.1%}  {what}")
         functions = profile.auth_functions()
         if functions:
             print("        the verification's functions (inclusive):")
@@ -813,8 +911,9 @@ def _run(
 
 def _mint_round(bench: BuyerAuthBench, algorithms: Sequence[DevAlgorithm]) -> None:
     """Mint, before the round's token runs, all the tokens they need."""
-    options, rate = bench.options, bench.best_plain_rate
+    options = bench.options
     for algorithm in algorithms:
+        rate = bench.expected_rate(algorithm)
         needed = sum(
             _tokens_needed(rate, seconds, options.connections, per_token)
             for per_token in (1, ORDERS_PER_BUYER)
@@ -824,10 +923,13 @@ def _mint_round(bench: BuyerAuthBench, algorithms: Sequence[DevAlgorithm]) -> No
 
 
 def _profile_runs(bench: BuyerAuthBench, algorithms: Sequence[DevAlgorithm]) -> None:
-    print("\nprofiles: one more run each, py-spy recording one server worker (not in the medians)")
+    print(
+        "\nprofiles: one more run each, py-spy recording the server's workers (not in the medians)"
+    )
     bench.run_plain(0, profile=True)
-    options, rate = bench.options, bench.best_plain_rate
+    options = bench.options
     for algorithm in algorithms:
+        rate = bench.expected_rate(algorithm)
         bench.pools[algorithm].ensure(
             sum(_tokens_needed(rate, s, options.connections, 1)
                 for s in (options.warmup_s, options.seconds))
@@ -847,7 +949,7 @@ def _summary(bench: BuyerAuthBench, alone: dict[DevAlgorithm, tuple[float, float
     )
     print(
         f"  {'run':<40} {'orders/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x (a)':>6} "
-        f"{'target':>10}  {'checks':<8} rounds' x (a)"
+        f"{'target':>10}  {'checks':<8} rounds' x (a) (connections per server worker)"
     )
     plain = {run.round: run for run in bench.runs if run.kind == "none"}
     misses = []
@@ -868,7 +970,11 @@ def _summary(bench: BuyerAuthBench, alone: dict[DevAlgorithm, tuple[float, float
             f"{statistics.median(r.result.percentile_ms(50) for r in runs):7.1f} "
             f"{statistics.median(r.result.percentile_ms(99) for r in runs):7.1f} "
             f"{median:6.2f} {verdict:>10}  {checks:<8} "
-            + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            + ", ".join(
+                f"{ratio:.2f}"
+                + (f" ({'/'.join(map(str, r.connections))})" if r.connections else "")
+                for ratio, r in zip(ratios or [1.0] * len(runs), runs, strict=True)
+            )
         )
     print(f"  targets: (b) distinct tokens >= {TARGET_DISTINCT}x (a), (c) each token "
           f"{ORDERS_PER_BUYER}x >= {TARGET_REPEATS}x (a)")  # fmt: skip

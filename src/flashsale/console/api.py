@@ -7,20 +7,19 @@ only its own script and style, talks only to this origin, and cannot be framed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Query, Response
 
-from flashsale.access.control import AccessRoute, Forbidden, OperatorOnly
+from flashsale.access.control import Forbidden, OperatorOnly
 from flashsale.console import service
 from flashsale.console.schemas import ProductSalesList
 from flashsale.deps import Db
-from flashsale.errors import AppError, NotFound, Unauthorized, ValidationFailed
+from flashsale.errors import NotFound, Unauthorized, ValidationFailed
 from flashsale.schemas import Limit, Offset
-from flashsale.web.errors import documented, respond
+from flashsale.web.errors import documented
+from flashsale.web.pages import page_route, security_headers
 
 _HERE = Path(__file__).parent
 # Served by name from this table only: no path from the URL ever reaches the filesystem.
@@ -30,35 +29,9 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+SECURITY_HEADERS = security_headers(CSP, cache_control="no-store")
 
-
-class _ConsoleRoute(AccessRoute):
-    """Adds the security headers to every response of the console's routes. Errors are rendered
-    here (as the app's handlers would) because those handlers answer outside the route."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def with_headers(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except AppError as exc:
-                response = respond(request.scope, exc)
-            except RequestValidationError as exc:
-                response = respond(request.scope, ValidationFailed.from_errors(exc.errors()))
-            response.headers.update(SECURITY_HEADERS)
-            response.headers.setdefault("Cache-Control", "no-store")
-            return response
-
-        return with_headers
-
-
-router = APIRouter(prefix="/console", tags=["console"], route_class=_ConsoleRoute)
+router = APIRouter(prefix="/console", tags=["console"], route_class=page_route(SECURITY_HEADERS))
 
 
 @functools.cache

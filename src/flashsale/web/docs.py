@@ -10,17 +10,14 @@ fetched from elsewhere, and the pages cannot be framed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, FastAPI, Response
 
-from flashsale.errors import AppError, NotFound, ValidationFailed
-from flashsale.web.errors import respond
+from flashsale.errors import NotFound
+from flashsale.web.pages import page_route, security_headers
 
 # Scripts only from this origin, never inline nor eval'd; fetches only to this origin; nothing
 # else loads from elsewhere. Swagger UI needs no more than this (its icons are data: images).
@@ -36,11 +33,8 @@ REDOC_CSP = (
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
     "form-action 'none'"
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+# no-cache: the browser may keep a file but asks each time (a new release shows).
+SECURITY_HEADERS = security_headers(CSP, cache_control="no-cache")
 
 
 def _ours(name: str) -> Traversable:
@@ -80,30 +74,7 @@ def _read(name: str) -> bytes:
     return content
 
 
-class _DocsRoute(APIRoute):
-    """Adds the security headers to every response of these routes, errors included (rendered
-    here as the app's handlers would, since those answer outside the route)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def with_headers(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except AppError as exc:
-                response = respond(request.scope, exc)
-            except RequestValidationError as exc:
-                response = respond(request.scope, ValidationFailed.from_errors(exc.errors()))
-            for header, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(header, value)  # /redoc sets a CSP of its own
-            # no-cache: the browser may keep a file but asks each time (a new release shows).
-            response.headers.setdefault("Cache-Control", "no-cache")
-            return response
-
-        return with_headers
-
-
-_router = APIRouter(route_class=_DocsRoute, include_in_schema=False)
+_router = APIRouter(route_class=page_route(SECURITY_HEADERS), include_in_schema=False)
 
 
 @_router.get("/docs", include_in_schema=False)
