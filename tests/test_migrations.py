@@ -8,6 +8,7 @@ from alembic.script import ScriptDirectory
 
 from flashsale import migrations
 from flashsale.bench.harness import create_database, drop_database
+from flashsale.orders.service import buyer_scoped_key
 
 EXPECTED_TABLES = {
     "products", "orders", "idempotency_keys", "buyer_holdings", "transactions", "settlements",
@@ -118,6 +119,50 @@ async def test_transactions_stored_before_external_ids_get_one_and_stay_valid(
                         "INSERT INTO transactions (external_id, merchant_id, amount_cents, "
                         f"fee_cents, status, paid_at) VALUES ({bad}, 'PENDING', now())"
                     )
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(admin_url, url)
+
+
+async def test_stored_idempotency_keys_become_their_buyers_and_back(admin_url: str) -> None:
+    url = await create_database(admin_url, prefix="flashsale_scoped_keys")
+    try:
+        migrations.upgrade(url, "0007")
+        conn = await asyncpg.connect(url)
+        try:
+            product_id = await conn.fetchval(
+                "INSERT INTO products (name, price, stock) VALUES ('p', 1, 9) RETURNING id"
+            )
+            order_id = await conn.fetchval(
+                "INSERT INTO orders (product_id, buyer_id, quantity, total_cents) "
+                "VALUES ($1, 'alice', 1, 1) RETURNING id",
+                product_id,
+            )
+            await conn.execute(
+                "INSERT INTO idempotency_keys (key, request_hash, order_id, error_code, expires_at)"
+                " VALUES ('cart-1', 'h', $1, NULL, now() + interval '1 day'),"
+                " ('cart-2', 'h', NULL, 'OUT_OF_STOCK', now() + interval '1 day')",
+                order_id,
+            )
+
+            migrations.upgrade(url, "0008")
+            upgraded = await conn.fetch("SELECT key, order_id FROM idempotency_keys")
+            assert [(row["key"], row["order_id"]) for row in upgraded] == [
+                (buyer_scoped_key("alice", "cart-1"), order_id)
+            ]
+
+            # Two buyers' keys that are one unscoped key: the newer survives a downgrade.
+            await conn.execute(
+                "INSERT INTO idempotency_keys (key, request_hash, error_code, expires_at, "
+                "created_at) VALUES ($1, 'h', 'OUT_OF_STOCK', now(), now() + interval '1 s')",
+                buyer_scoped_key("bob", "cart-1"),
+            )
+            migrations.downgrade(url, "0007")
+            downgraded = await conn.fetch("SELECT key, error_code FROM idempotency_keys")
+            assert [(row["key"], row["error_code"]) for row in downgraded] == [
+                ("cart-1", "OUT_OF_STOCK")
+            ]
         finally:
             await conn.close()
     finally:
