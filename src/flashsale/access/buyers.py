@@ -138,7 +138,7 @@ class BuyerKeys:
         self._verifiers: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._loaded = False
         self._last_attempt = -float("inf")
-        self._fetching: asyncio.Lock = asyncio.Lock()
+        self._fetch: asyncio.Task[bool] | None = None  # the read in flight, shared
         self._http: httpx.AsyncClient | None = None
         self.version = 0  # changes whenever the set does
 
@@ -153,6 +153,8 @@ class BuyerKeys:
                 async with background.running(self._refresh_periodically()):
                     yield
             finally:
+                if self._fetch is not None:
+                    self._fetch.cancel()
                 self._http = None
 
     async def _refresh_periodically(self) -> None:
@@ -162,20 +164,26 @@ class BuyerKeys:
             await self.refresh()
 
     async def refresh(self) -> bool:
-        """Read the key set now (one read at a time); False when it could not be read."""
-        async with self._fetching:
-            self._last_attempt = time.monotonic()
-            try:
+        """Read the key set now, False when it could not be read. Callers during a read share
+        it (a slow provider never queues reads up); a caller cancelled does not cancel it."""
+        if self._fetch is None or self._fetch.done():
+            self._fetch = asyncio.create_task(self._read_keys(), name="buyer-keys-read")
+        return await asyncio.shield(self._fetch)
+
+    async def _read_keys(self) -> bool:
+        self._last_attempt = time.monotonic()
+        try:
+            async with asyncio.timeout(FETCH_TIMEOUT_S):  # the whole read, however it trickles
                 keys = _signing_keys(await self._read())
-            except (KeySourceError, ValueError, OSError, httpx.HTTPError) as exc:
-                log.warning("buyer_keys.unavailable", error=str(exc), keys_kept=len(self._keys))
-                return False
-            if keys != self._keys:
-                self._keys, self._verifiers = keys, {}
-                self.version += 1
-                log.info("buyer_keys.loaded", kids=sorted(str(kid) for kid in keys))
-            self._loaded = True
-            return True
+        except (KeySourceError, ValueError, OSError, httpx.HTTPError, TimeoutError) as exc:
+            log.warning("buyer_keys.unavailable", error=repr(exc), keys_kept=len(self._keys))
+            return False
+        if keys != self._keys:
+            self._keys, self._verifiers = keys, {}
+            self.version += 1
+            log.info("buyer_keys.loaded", kids=sorted(str(kid) for kid in keys))
+        self._loaded = True
+        return True
 
     async def _read(self) -> Any:
         if self._file is not None:
@@ -213,7 +221,10 @@ class BuyerKeys:
         return verifier
 
     async def _refetch(self) -> bool:
-        if time.monotonic() - self._last_attempt < self._refetch_min_s:
+        """A read a request asked for: joins the one in flight, else at most one per
+        REFETCH_MIN_S."""
+        reading = self._fetch is not None and not self._fetch.done()
+        if not reading and time.monotonic() - self._last_attempt < self._refetch_min_s:
             return False
         return await self.refresh()
 

@@ -868,7 +868,8 @@ def _run(
         f"flashsale bench orders --buyer-auth jwt: load from {load.name}, "
         f"{options.connections} connections, {options.seconds:g} s per run after a "
         f"{options.warmup_s:g} s warm-up, {options.rounds} round(s)\n"
-        f"database: PostgreSQL {db.fetchval('SHOW server_version')} at {_where(url)}"
+        f"database: PostgreSQL {db.fetchval('SHOW server_version')} at {_where(url)}\n"
+        f"this machine: {os.cpu_count()} cores, {_load_average()}"
     )
     run_id = secrets.token_hex(3)
     signers = {algorithm: DevSigner.generate(algorithm) for algorithm in options.algorithms}
@@ -937,6 +938,11 @@ def _profile_runs(bench: BuyerAuthBench, algorithms: Sequence[DevAlgorithm]) -> 
         bench.run_tokens(algorithm, 0, 1, profile=True)
 
 
+def _load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min)"
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
@@ -945,7 +951,8 @@ def _summary(bench: BuyerAuthBench, alone: dict[DevAlgorithm, tuple[float, float
     options = bench.options
     print(
         f"\nsummary  ({options.connections} connections, {options.seconds:g} s per run, "
-        f"medians of {options.rounds} round(s); x (a): the median of each round's ratio)"
+        f"medians of {options.rounds} round(s); x (a): the median of each round's ratio; "
+        f"this machine now: {_load_average()})"
     )
     print(
         f"  {'run':<40} {'orders/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x (a)':>6} "
