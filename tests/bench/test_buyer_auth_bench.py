@@ -95,13 +95,15 @@ def test_bench_buyer_auth_prints_checked_figures(
     assert out.count("no other buyer: ok") == 3
     assert "at most 3 order(s) each" in out
     assert "the load's connections per server worker" in out
+    assert len(re.findall(r"server workers' CPU: [\d,]+ us per order", out)) == 5
     assert "py-spy, every server worker" in out
     assert re.search(r"\d+\.\d%  the verification \(flashsale/access/buyers\.py\)", out)
     summary = out.split("\nsummary")[1]
     for label in ("(a) no auth, a new buyer per order", "(b) ES256, a distinct token per order",
                   "(c) ES256, each token 3x"):  # fmt: skip
-        assert re.search(re.escape(label) + r" +[\d,]+ +\d+\.\d +\d+\.\d +\d\.\d\d", summary)
+        assert re.search(re.escape(label) + r" +[\d,]+ +\d+\.\d +\d+\.\d +\d\.\d\d ", summary)
     assert ">=0.8" in summary
+    assert re.search(r"\(b\) ES256, a distinct token per order .* [\d,]+ +[+-][\d,]+  ok", summary)
     assert ">=0.9" in summary
     assert "targets: (b) distinct tokens >= 0.8x (a)" in summary
     assert "MISMATCH" not in out.replace("403 BUYER_MISMATCH: ok", "")  # the server's code

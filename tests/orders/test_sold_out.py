@@ -17,7 +17,7 @@ import pytest
 
 from flashsale.bench.harness import LiveServer
 from flashsale.orders.schemas import OrderCreate
-from flashsale.orders.service import OrderRequest, OutOfStock
+from flashsale.orders.service import OrderRequest, OutOfStock, buyer_scoped_key
 from flashsale.orders.sold_out import SoldOut, listener_name
 from tests.factories import confirmed_quantity, make_product, row_locked, stock_of
 from tests.support import eventually, http_client, running_server
@@ -115,8 +115,8 @@ async def test_keyed_orders_for_a_sold_out_product_still_go_to_the_database(
 
     stored = await pool.fetch("SELECT key, error_code FROM idempotency_keys ORDER BY key")
     assert [(row["key"], row["error_code"]) for row in stored] == [
-        ("late-0", "OUT_OF_STOCK"),
-        ("late-1", "OUT_OF_STOCK"),
+        (buyer_scoped_key("late", "late-0"), "OUT_OF_STOCK"),
+        (buyer_scoped_key("late", "late-1"), "OUT_OF_STOCK"),
     ]
 
 

@@ -22,7 +22,9 @@ measured with the same two kinds of script, since a per-request header costs wrk
 
 Each run also shows how the load's connections were spread over the server's workers (uvicorn's
 workers share one listening socket: the kernel hands each connection to whichever accepts
-first, so the split varies from run to run, and the rate with it). Checks of every run: no
+first, so the split varies from run to run, and the rate with it) and the CPU time the workers
+used per order stored, which neither that split nor other load on the machine changes much: the
+verification's cost per order is its difference from (a). Checks of every run: no
 non-2xx, orders stored == 2xx (+ at most one in flight per connection when wrk stopped), and
 for (b)/(c) every stored order's buyer_id is the sub of a token the run sent, each sub with at
 most its token's uses (one order per sub in (b)); a few are shown.
@@ -348,20 +350,32 @@ def established(pid: int, port: int) -> int:
     return count
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used so far (Linux); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 @dataclass
 class Observation:
     """What was seen of a server's workers during a run."""
 
     workers: list[int]
     connections: list[int] | None = None  # per worker, counted once during the run
+    cpu_s: list[float] = field(default_factory=list)  # per worker, used during the run
     recordings: dict[int, Path] = field(default_factory=dict)  # py-spy's, per worker
 
 
 @contextlib.contextmanager
 def _observe(server: LiveServer, *, seconds: float, profile: bool) -> Iterator[Observation]:
     """For the block (a run): which worker holds how many of the load's connections (counted
-    `min(1 s, half the run)` in), and with `profile` py-spy recording every worker."""
+    `min(1 s, half the run)` in), the CPU time each used, and with `profile` py-spy recording
+    every worker."""
     observation = Observation(worker_pids(server.process.pid))
+    cpu_before = [cpu_seconds(pid) for pid in observation.workers]
     stop = threading.Event()
 
     def count() -> None:
@@ -383,6 +397,10 @@ def _observe(server: LiveServer, *, seconds: float, profile: bool) -> Iterator[O
         finally:
             stop.set()
             counter.join()
+            observation.cpu_s = [
+                cpu_seconds(pid) - before
+                for pid, before in zip(observation.workers, cpu_before, strict=True)
+            ]
 
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -476,6 +494,12 @@ class Run:
     rows: int
     problems: list[str] = field(default_factory=list)
     connections: list[int] | None = None  # the load's, per server worker
+    cpu_s: float = math.nan  # the server workers' CPU time during the run
+
+    @property
+    def cpu_us_per_order(self) -> float:
+        """The server's CPU per order stored (its workers; not PostgreSQL's, not wrk's)."""
+        return self.cpu_s / self.rows * 1e6 if self.rows else math.nan
 
     @property
     def label(self) -> str:
@@ -760,6 +784,10 @@ class BuyerAuthBench:
             print(f"        {', '.join(ratios)}")
         for check in checks:
             print(f"        {check}")
+        if seen.cpu_s:
+            run.cpu_s = sum(seen.cpu_s)
+            print(f"        server workers' CPU: {run.cpu_us_per_order:,.0f} us per order "
+                  f"({' + '.join(f'{cpu:.1f}' for cpu in seen.cpu_s)} s)")  # fmt: skip
         if seen.connections is not None:
             run.connections = seen.connections
             print(f"        the load's connections per server worker (1 s in): "
@@ -956,7 +984,8 @@ def _summary(bench: BuyerAuthBench, alone: dict[DevAlgorithm, tuple[float, float
     )
     print(
         f"  {'run':<40} {'orders/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x (a)':>6} "
-        f"{'target':>10}  {'checks':<8} rounds' x (a) (connections per server worker)"
+        f"{'target':>10}  {'CPU us/o':>8} {'+ vs (a)':>8}  {'checks':<8} "
+        "rounds' x (a) (connections per server worker)"
     )
     plain = {run.round: run for run in bench.runs if run.kind == "none"}
     misses = []
@@ -965,26 +994,33 @@ def _summary(bench: BuyerAuthBench, alone: dict[DevAlgorithm, tuple[float, float
         groups.setdefault(run_.label, []).append(run_)
     for label, runs in groups.items():
         kind = runs[0].kind
-        ratios = [r.result.rate / plain[r.round].result.rate for r in runs if kind != "none"]
+        ratios = [r.result.rate / plain[r.round].result.rate for r in runs]
         target = {"distinct": TARGET_DISTINCT, "repeats": TARGET_REPEATS}.get(kind)
-        median = statistics.median(ratios) if ratios else 1.0
+        median = statistics.median(ratios)
         verdict = f">={target:g} {_mark(median >= target)}" if target else ""
         if target is not None and median < target:
             misses.append(f"{label}: {median:.2f}x (a) < {target:g}")
+        extra = statistics.median(
+            r.cpu_us_per_order - plain[r.round].cpu_us_per_order for r in runs
+        )
         checks = "MISMATCH" if any(r.problems for r in runs) else "ok"
         print(
             f"  {label:<40} {statistics.median(r.result.rate for r in runs):8,.0f} "
             f"{statistics.median(r.result.percentile_ms(50) for r in runs):7.1f} "
             f"{statistics.median(r.result.percentile_ms(99) for r in runs):7.1f} "
-            f"{median:6.2f} {verdict:>10}  {checks:<8} "
+            f"{median:6.2f} {verdict:>10}  "
+            f"{statistics.median(r.cpu_us_per_order for r in runs):8,.0f} "
+            f"{'' if kind == 'none' else f'{extra:+,.0f}':>8}  {checks:<8} "
             + ", ".join(
                 f"{ratio:.2f}"
                 + (f" ({'/'.join(map(str, r.connections))})" if r.connections else "")
-                for ratio, r in zip(ratios or [1.0] * len(runs), runs, strict=True)
+                for ratio, r in zip(ratios, runs, strict=True)
             )
         )
     print(f"  targets: (b) distinct tokens >= {TARGET_DISTINCT}x (a), (c) each token "
-          f"{ORDERS_PER_BUYER}x >= {TARGET_REPEATS}x (a)")  # fmt: skip
+          f"{ORDERS_PER_BUYER}x >= {TARGET_REPEATS}x (a)\n"
+          "  CPU us/o: the server workers' CPU time per order stored (not PostgreSQL's or wrk's); "
+          "+ vs (a): the median of each round's difference")  # fmt: skip
     print("  verification alone (this process): " + "; ".join(
         f"{algorithm} {new:.0f} us new, {remembered:.2f} us remembered"
         for algorithm, (new, remembered) in alone.items()
