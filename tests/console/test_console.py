@@ -107,7 +107,9 @@ async def test_a_wrong_key_shows_the_refusal_and_a_right_one_clears_it(
     await console.open(key="not-the-key")
 
     alert = console.page.get_by_role("alert")
-    await expect(alert).to_have_text("The key was refused (401). Enter an operator key (a viewer's is enough to watch).")
+    await expect(alert).to_have_text(
+        "The key was refused (401). Enter an operator key (a viewer's is enough to watch)."
+    )
     await expect(console.page.locator("#products-body tr")).to_have_count(0)
     await console.screenshot("wrong-key")
 
@@ -474,7 +476,8 @@ async def test_the_key_lives_in_session_storage_until_forgotten(
     await expect(page.locator("#products-body tr")).to_have_count(0)
     assert await page.evaluate("() => sessionStorage.length") == 0
     await expect(page.get_by_role("alert")).to_have_text(
-        "This server needs an operator key (401). Enter one (a viewer's is enough to watch).", timeout=SLOW
+        "This server needs an operator key (401). Enter one (a viewer's is enough to watch).",
+        timeout=SLOW,
     )
     await expect(page.locator("#products-body tr")).to_have_count(0)
 
