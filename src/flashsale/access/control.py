@@ -66,6 +66,11 @@ class Anonymous:
     """Nothing presented, on a route that allows it (an order read by id, BUYER_AUTH=none)."""
 
 
+def own_orders_only(principal: Principal) -> str | None:
+    """The buyer whose orders alone `principal` may read; None: it may read every order."""
+    return principal.buyer_id if isinstance(principal, Buyer) else None
+
+
 # Anyone, on a server without operator keys.
 OPEN_ADMIN = Operator("anonymous", "admin")
 Principal = Operator | Buyer | Anonymous

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Depends, Header, Path, Query, status
 from flashsale.access.buyers import AuthUnavailable, Unauthenticated
 from flashsale.access.control import (
     AccessRoute,
-    Buyer,
     BuyerMismatch,
     Forbidden,
     OperatorOnly,
     OrderLister,
     OrderReader,
     buyer_scheme,
+    own_orders_only,
 )
 from flashsale.deps import Db
 from flashsale.errors import (
@@ -115,7 +115,7 @@ async def list_orders(
             buyer_id=buyer_id,
             product_id=product_id,
             status=status,
-            owner=principal.buyer_id if isinstance(principal, Buyer) else None,
+            owner=own_orders_only(principal),
         )
     return OrderList(orders=orders, limit=limit, offset=offset)
 
@@ -131,9 +131,8 @@ async def list_orders(
     "by its id (unguessable); with BUYER_AUTH=jwt a token or a key is needed.",
 )
 async def get_order(order_id: OrderId, principal: OrderReader, database: Db) -> OrderWithProduct:
-    owner = principal.buyer_id if isinstance(principal, Buyer) else None
     async with database.connection() as conn:
-        return await service.get_order(conn, order_id=order_id, owner=owner)
+        return await service.get_order(conn, order_id=order_id, owner=own_orders_only(principal))
 
 
 @router.post(
