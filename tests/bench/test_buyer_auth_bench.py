@@ -78,7 +78,7 @@ def test_bench_buyer_auth_prints_checked_figures(
     require_tool("wrk", "wrk")
     monkeypatch.setenv("LOG_LEVEL", "warning")
     options = buyer_auth.Options(
-        connections=4, seconds=1, rounds=1, algorithms=("ES256",), workers=1, profile=True,
+        connections=4, seconds=1, rounds=1, algorithms=("ES256",), workers=1, profile=False,
         warmup_s=1,
     )  # fmt: skip
     buyer_auth.run(database_url, options)
@@ -90,14 +90,13 @@ def test_bench_buyer_auth_prints_checked_figures(
     assert re.search(r"ES256 +\d+\.\d us per new token", out)
     assert "a ES256 token per request" in out
     assert out.split("\nround 1")[0].split("HTTP ceiling")[1].count("(all 404: ok)") == 2
-    # (a), (b), (c), then the two profiled runs: each count checked.
-    assert len(re.findall(r"orders stored [\d,]+ vs 2xx [\d,]+: ok", out)) == 5
-    assert out.count("no other buyer: ok") == 3
+    # (a), (b), (c): each count checked (--profile's runs are left out here: py-spy's output
+    # is parsed in test_profile_counts_samples_under_the_verification).
+    assert len(re.findall(r"orders stored [\d,]+ vs 2xx [\d,]+: ok", out)) == 3
+    assert out.count("no other buyer: ok") == 2
     assert "at most 3 order(s) each" in out
     assert "the load's connections per server worker" in out
-    assert len(re.findall(r"server workers' CPU: [\d,]+ us per order", out)) == 5
-    assert "py-spy, every server worker" in out
-    assert re.search(r"\d+\.\d%  the verification \(flashsale/access/buyers\.py\)", out)
+    assert len(re.findall(r"server workers' CPU: [\d,]+ us per order", out)) == 3
     summary = out.split("\nsummary")[1]
     for label in ("(a) no auth, a new buyer per order", "(b) ES256, a distinct token per order",
                   "(c) ES256, each token 3x"):  # fmt: skip
