@@ -13,9 +13,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from flashsale.bench.harness import LiveServer, migrated_database
-from tests.support import EmbeddedPostgres, http_client, running_server
+from tests.support import EmbeddedPostgres, http_client, require_tool, running_server
 
 TABLES = (
     "settlement_jobs, settlements, transactions, idempotency_keys, buyer_holdings, orders, products"
@@ -66,3 +67,13 @@ def server(database_url: str, logs_dir: Path) -> Iterator[LiveServer]:
 async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with http_client(server.url, connections=600) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium through Playwright (skipped without it, failing under CI=true)."""
+    executable = require_tool("chromium", "chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable)
+        yield launched
+        await launched.close()

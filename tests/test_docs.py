@@ -11,11 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, expect
 
 from flashsale.bench.harness import LiveServer
 from flashsale.web.docs import CSP, REDOC_CSP
-from tests.support import require_tool
 
 STATIC = {
     "swagger-ui-bundle.js": "text/javascript",
@@ -109,15 +108,6 @@ async def test_the_pages_are_not_in_the_openapi_document(server: LiveServer) -> 
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         paths = (await http.get("/openapi.json")).json()["paths"]
     assert not [path for path in paths if path.startswith(("/docs", "/redoc"))]
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    executable = require_tool("chromium", "chromium")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable)
-        yield launched
-        await launched.close()
 
 
 @dataclass

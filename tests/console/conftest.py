@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, Request, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, Request
 
 from flashsale.bench.harness import LiveServer
-from tests.support import require_tool, running_server
+from tests.support import running_server
 
 API_KEY = "console-test-key-5f2c9a71"
 
@@ -32,15 +32,6 @@ async def admin(console_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=console_server.url, headers=headers, timeout=30) as http:
         yield http
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    executable = require_tool("chromium", "chromium")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable)
-        yield launched
-        await launched.close()
 
 
 @dataclass
