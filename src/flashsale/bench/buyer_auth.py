@@ -69,7 +69,15 @@ from flashsale.access.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevAlgorithm, D
 from flashsale.bench import wrk
 from flashsale.bench.harness import LiveServer, running_server
 from flashsale.bench.loadgen import LoadResult
-from flashsale.bench.orders import CEILING_PATH, HUGE_STOCK, WARMUP_S, BenchDatabase, Load, _where
+from flashsale.bench.orders import (
+    CEILING_PATH,
+    HUGE_STOCK,
+    WARMUP_S,
+    BenchDatabase,
+    Load,
+    _where,
+    print_verdict,
+)
 
 ALGORITHMS: tuple[DevAlgorithm, ...] = ("ES256", "RS256", "EdDSA")
 SERVER_ALGORITHMS = "RS256,ES256,EdDSA"  # BUYER_JWT_ALGORITHMS (its default)
@@ -1030,16 +1038,4 @@ def _summary(bench: BuyerAuthBench, alone: dict[DevAlgorithm, tuple[float, float
             f"{name} {profile.share(profile.categories[name]):.1%}" for name in CATEGORIES
         )
         print(f"  profile, {label}: {shares} of {profile.samples:,} samples")
-    print()
-    if misses:
-        print("targets missed:")
-        for miss in misses:
-            print(f"  - {miss}")
-    else:
-        print("every target met")
-    if bench.problems:
-        print("problems:")
-        for problem in bench.problems:
-            print(f"  - {problem}")
-    else:
-        print("checks: every count and buyer ok")
+    print_verdict(misses, bench.problems, all_ok="every count and buyer ok")

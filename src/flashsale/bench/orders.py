@@ -792,6 +792,11 @@ def _summary(bench: Bench, best_clients: int) -> None:
         + _summary_rules(bench)
         + _summary_sold_out(bench)
     )
+    print_verdict(misses, bench.problems, all_ok="every count and ledger ok")
+
+
+def print_verdict(misses: list[str], problems: list[str], *, all_ok: str) -> None:
+    """The bench's last lines: the targets missed (never an exit status), then its checks."""
     print()
     if misses:
         print("targets missed:")
@@ -799,12 +804,12 @@ def _summary(bench: Bench, best_clients: int) -> None:
             print(f"  - {miss}")
     else:
         print("every target met")
-    if bench.problems:
+    if problems:
         print("problems:")
-        for problem in bench.problems:
+        for problem in problems:
             print(f"  - {problem}")
     else:
-        print("checks: every count and ledger ok")
+        print(f"checks: {all_ok}")
 
 
 def _summary_orders(bench: Bench) -> list[str]:
