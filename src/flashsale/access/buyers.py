@@ -84,19 +84,20 @@ class KeySourceError(Exception):
     """The keys could not be read: the provider is unreachable or answered nonsense."""
 
 
+def public_jwk(key: object) -> dict[str, Any]:
+    """An RSA, EC or Ed25519 public key as a JWK (without `kid`, `alg` or `use`)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSAAlgorithm.to_jwk(key, as_dict=True)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ECAlgorithm.to_jwk(key, as_dict=True)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return OKPAlgorithm.to_jwk(key, as_dict=True)
+    raise ValueError("not an RSA, EC or Ed25519 public key")
+
+
 def jwks_from_pem(pem: bytes) -> dict[str, Any]:
     """A PEM public key as a one-key JWKS (no `kid`: it verifies tokens without one)."""
-    key = load_pem_public_key(pem)
-    jwk: dict[str, Any]
-    if isinstance(key, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(key, as_dict=True)
-    elif isinstance(key, ed25519.Ed25519PublicKey):
-        jwk = OKPAlgorithm.to_jwk(key, as_dict=True)
-    else:
-        raise ValueError("not an RSA, EC or Ed25519 public key")
-    return {"keys": [jwk]}
+    return {"keys": [public_jwk(load_pem_public_key(pem))]}
 
 
 def parse_key_file(content: bytes) -> Any:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from flashsale.access.buyers import public_jwk
 
 DevAlgorithm = Literal["ES256", "RS256", "EdDSA"]
 DEV_ISSUER = "flashsale-dev"
@@ -77,14 +78,7 @@ class DevSigner:
         )
 
     def jwk(self) -> dict[str, Any]:
-        public = self.key.public_key()
-        jwk: dict[str, Any]
-        if isinstance(public, rsa.RSAPublicKey):
-            jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-        else:
-            jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+        jwk = public_jwk(self.key.public_key())
         return {**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
 
     def token(
