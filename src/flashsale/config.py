@@ -117,16 +117,16 @@ class Settings(BaseSettings):
     # Open `GET /jobs/{id}/events` streams per server process; beyond, 503 TOO_MANY_STREAMS
     job_event_streams_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "buyer_auth", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "buyer_jwt_algorithms", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @field_validator(
@@ -147,18 +147,6 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
         return parse_api_keys(value) if isinstance(value, str) else value
-
-    @field_validator("buyer_auth", mode="before")
-    @classmethod
-    def _lowercase_mode(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
-
-    @field_validator("buyer_jwt_algorithms", mode="before")
-    @classmethod
-    def _split_algorithms(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(name.strip() for name in value.split(",") if name.strip())
-        return value
 
     @field_validator("buyer_jwt_algorithms")
     @classmethod
